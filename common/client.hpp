@@ -1,0 +1,78 @@
+#pragma once
+// The client API of Streamgate, used by both proxies and the examples:
+//   service side: create_stream() asks the relay to open a stream to a device, then
+//                 connect_stream() joins the streaming endpoint it answered with;
+//   device side:  device_connection keeps the control connection, hands out stream requests
+//                 and sends accept/reject; the device then joins with connect_stream().
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <boost/asio/ssl/context.hpp>
+#include "common/connection_string.hpp"
+#include "common/control_link.hpp"
+#include "common/error.hpp"
+#include "common/websocket.hpp"
+
+namespace sg::client {
+
+struct stream_request {
+    std::string device_id;
+    std::string stream_name = "TestStream";
+    std::chrono::seconds connect_timeout{60};
+    std::chrono::seconds response_timeout{60};
+};
+
+struct stream_response {
+    std::string stream_name;
+    bool accepted = false;
+    std::string url;                 // wss://host/bridges/{hub}/{device}/{streamId}
+    std::string authorization_token; // single use, for this side only
+    std::string reason;              // the device's reason when it rejected
+};
+
+// Opens a TLS connection to host:port, trying every address the name resolves to.
+asio::awaitable<std::pair<failure, std::shared_ptr<tls_stream>>>
+connect_tls(asio::ssl::context& tls, std::string host, std::uint16_t port, std::chrono::seconds timeout);
+
+asio::awaitable<std::pair<failure, stream_response>>
+create_stream(asio::ssl::context& tls, const connection_string& service, stream_request request);
+
+// Joins a streaming endpoint; the stream is configured for raw bytes (pump with ws_end).
+asio::awaitable<std::pair<failure, std::shared_ptr<wss_stream>>>
+connect_stream(asio::ssl::context& tls, std::string url, std::string authorization_token);
+
+struct incoming_stream_request {
+    std::string request_id;
+    std::string stream_name;
+    std::string stream_id;
+    std::string url;
+    std::string authorization_token;
+};
+
+class device_connection {
+public:
+    // Opens the device's control connection, authenticated by a SAS token signed with the
+    // connection string's key (valid for token_ttl).
+    static asio::awaitable<std::pair<failure, std::shared_ptr<device_connection>>>
+    connect(asio::ssl::context& tls, const connection_string& device,
+            std::chrono::seconds token_ttl = std::chrono::hours(1));
+
+    // Runs until the connection ends and says why (a relay's close reason carries its code,
+    // e.g. 400027 when a newer connection replaced this one). on_request runs on the
+    // connection's executor and must not block.
+    asio::awaitable<failure> run(std::function<void(incoming_stream_request)> on_request);
+
+    // Thread-safe.
+    void accept(const incoming_stream_request& request);
+    void reject(const incoming_stream_request& request, const std::string& reason);
+    void close();
+
+    explicit device_connection(std::shared_ptr<wss_stream> ws);
+
+private:
+    std::shared_ptr<control_link> link_;
+};
+
+} // namespace sg::client

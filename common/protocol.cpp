@@ -1,0 +1,149 @@
+#include "common/protocol.hpp"
+
+#include <boost/json.hpp>
+
+namespace sg::protocol {
+namespace json = boost::json;
+
+namespace {
+
+std::optional<json::object> parse_object(std::string_view text, std::string& error)
+{
+    json::error_code ec;
+    json::parse_options options;
+    options.max_depth = 8;
+    json::value v = json::parse(text, ec, {}, options);
+    if (ec) {
+        error = "malformed JSON: " + ec.message();
+        return std::nullopt;
+    }
+    if (!v.is_object()) {
+        error = "expected a JSON object";
+        return std::nullopt;
+    }
+    return std::move(v.as_object());
+}
+
+bool get_string(const json::object& o, std::string_view key, std::string& out, std::string& error, bool required = true)
+{
+    auto it = o.find(key);
+    if (it == o.end()) {
+        if (required)
+            error = "missing \"" + std::string(key) + "\"";
+        return !required;
+    }
+    if (!it->value().is_string()) {
+        error = "\"" + std::string(key) + "\" must be a string";
+        return false;
+    }
+    out = std::string(it->value().as_string());
+    return true;
+}
+
+bool check_type(const json::object& o, std::string_view type, std::string& error)
+{
+    std::string actual;
+    if (!get_string(o, "type", actual, error))
+        return false;
+    if (actual != type) {
+        error = "unexpected message type \"" + actual.substr(0, 32) + "\"";
+        return false;
+    }
+    return true;
+}
+
+} // namespace
+
+std::string serialize(const stream_request_message& m)
+{
+    return json::serialize(json::object{{"type", "streamRequest"},
+                                        {"requestId", m.request_id},
+                                        {"streamName", m.stream_name},
+                                        {"streamId", m.stream_id},
+                                        {"url", m.url},
+                                        {"authorizationToken", m.authorization_token}});
+}
+
+std::string serialize(const stream_response_message& m)
+{
+    json::object o{{"type", "streamResponse"}, {"requestId", m.request_id}, {"accepted", m.accepted}};
+    if (!m.accepted)
+        o["reason"] = m.reason;
+    return json::serialize(o);
+}
+
+std::optional<stream_request_message> parse_stream_request(std::string_view text, std::string& error)
+{
+    auto o = parse_object(text, error);
+    if (!o || !check_type(*o, "streamRequest", error))
+        return std::nullopt;
+    stream_request_message m;
+    if (!get_string(*o, "requestId", m.request_id, error) || !get_string(*o, "streamName", m.stream_name, error) ||
+        !get_string(*o, "streamId", m.stream_id, error) || !get_string(*o, "url", m.url, error) ||
+        !get_string(*o, "authorizationToken", m.authorization_token, error))
+        return std::nullopt;
+    return m;
+}
+
+std::optional<stream_response_message> parse_stream_response(std::string_view text, std::string& error)
+{
+    auto o = parse_object(text, error);
+    if (!o || !check_type(*o, "streamResponse", error))
+        return std::nullopt;
+    stream_response_message m;
+    if (!get_string(*o, "requestId", m.request_id, error) || !get_string(*o, "reason", m.reason, error, false))
+        return std::nullopt;
+    auto it = o->find("accepted");
+    if (it == o->end() || !it->value().is_bool()) {
+        error = "\"accepted\" must be true or false";
+        return std::nullopt;
+    }
+    m.accepted = it->value().as_bool();
+    if (m.reason.size() > 1024)
+        m.reason.resize(1024);
+    return m;
+}
+
+std::string error_body(int code, std::string_view message)
+{
+    return json::serialize(json::object{{"errorCode", code}, {"message", message}});
+}
+
+failure parse_error_body(std::string_view body, int http_status)
+{
+    std::string error;
+    if (auto o = parse_object(body, error)) {
+        auto code = o->find("errorCode");
+        std::string message;
+        get_string(*o, "message", message, error, false);
+        if (code != o->end() && code->value().is_int64())
+            return failure{static_cast<int>(code->value().as_int64()), message};
+    }
+    std::string text(body.substr(0, 200));
+    return failure{http_status * 1000, "HTTP " + std::to_string(http_status) + (text.empty() ? "" : ": " + text)};
+}
+
+std::string close_reason_text(int code, std::string_view message)
+{
+    std::string text = failure{code, std::string(message)}.describe();
+    if (text.size() > 123)
+        text.resize(123);
+    return text;
+}
+
+failure parse_close_reason(std::string_view reason)
+{
+    if (reason.size() >= 7 && reason[6] == ' ') {
+        int code = 0;
+        for (std::size_t i = 0; i < 6; ++i) {
+            if (reason[i] < '0' || reason[i] > '9')
+                return failure{0, std::string(reason)};
+            code = code * 10 + (reason[i] - '0');
+        }
+        auto colon = reason.find(": ");
+        return failure{code, std::string(colon == std::string_view::npos ? reason.substr(7) : reason.substr(colon + 2))};
+    }
+    return failure{0, std::string(reason)};
+}
+
+} // namespace sg::protocol

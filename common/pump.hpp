@@ -1,0 +1,189 @@
+#pragma once
+// The byte pump: the one data path shared by the relay and both proxies.
+//
+// Two ends, two directions, each direction a loop of read -> write -> read with one fixed
+// buffer and one outstanding write, so a slow reader slows the sender instead of filling
+// memory. End of stream travels on: a TCP FIN becomes an empty WebSocket message and an empty
+// message becomes a FIN, so half-closed connections keep working. Any other error aborts both
+// ends. The ends may live on different strands (the relay pairs two connections): every
+// operation runs on its own end's executor.
+//
+// An End provides:
+//   any_io_executor executor();
+//   awaitable<tuple<error_code, size_t>> read(mutable_buffer);   // asio::error::eof at end of stream
+//   awaitable<error_code> write(const_buffer);
+//   awaitable<error_code> write_eof();
+//   awaitable<void> close();                                      // after both directions ended cleanly
+//   void abort(bool peer_failed);                                 // from any thread, idempotent
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/this_coro.hpp>
+#include "common/websocket.hpp"
+
+namespace sg {
+
+struct pump_result {
+    std::uint64_t bytes_a_to_b = 0;
+    std::uint64_t bytes_b_to_a = 0;
+    error_code error; // the first error that ended the stream; empty when both sides ended cleanly
+};
+
+// Live totals a process may read while streams run (traffic statistics).
+struct pump_counters {
+    std::atomic<std::uint64_t> a_to_b{0};
+    std::atomic<std::uint64_t> b_to_a{0};
+};
+
+// Runs op on ex, hopping there and back when it is not the current executor.
+template <class T>
+asio::awaitable<T> on_executor(asio::any_io_executor ex, asio::awaitable<T> op)
+{
+    // Kept as plain statements: g++ 12 miscompiles co_await inside conditions and co_return.
+    auto current = co_await asio::this_coro::executor;
+    if (ex == current) {
+        T local = co_await std::move(op);
+        co_return local;
+    }
+    T hopped = co_await asio::co_spawn(ex, std::move(op), asio::use_awaitable);
+    co_return hopped;
+}
+
+namespace detail {
+
+struct pump_state {
+    std::atomic<bool> failed{false};
+    std::mutex mutex;
+    error_code first_error;
+
+    // Returns true for the first failure only.
+    bool fail(const error_code& ec)
+    {
+        std::lock_guard lock(mutex);
+        if (failed.exchange(true))
+            return false;
+        first_error = ec;
+        return true;
+    }
+};
+
+template <class From, class To>
+asio::awaitable<void> transfer(From from, To to, std::uint64_t& counter, std::shared_ptr<pump_state> state,
+                               std::size_t chunk, std::atomic<std::uint64_t>* live)
+{
+    auto buffer = std::make_unique<char[]>(chunk);
+    auto abort_both = [&](const error_code& ec) {
+        if (state->fail(ec)) {
+            from.abort(true);
+            to.abort(true);
+        }
+    };
+    for (;;) {
+        auto [read_error, n] = co_await from.read(asio::buffer(buffer.get(), chunk));
+        if (read_error == asio::error::eof) {
+            error_code ec = co_await on_executor(to.executor(), to.write_eof());
+            if (ec)
+                abort_both(ec);
+            co_return;
+        }
+        if (read_error) {
+            abort_both(read_error);
+            co_return;
+        }
+        if (state->failed)
+            co_return;
+        error_code ec = co_await on_executor(to.executor(), to.write(asio::buffer(buffer.get(), n)));
+        if (ec) {
+            abort_both(ec);
+            co_return;
+        }
+        counter += n;
+        if (live)
+            live->fetch_add(n, std::memory_order_relaxed);
+    }
+}
+
+} // namespace detail
+
+template <class A, class B>
+asio::awaitable<pump_result> pump(A a, B b, std::size_t chunk = max_stream_message, pump_counters* live = nullptr)
+{
+    using namespace asio::experimental::awaitable_operators;
+    auto state = std::make_shared<detail::pump_state>();
+    pump_result result;
+    co_await (asio::co_spawn(a.executor(), detail::transfer(a, b, result.bytes_a_to_b, state, chunk, live ? &live->a_to_b : nullptr), asio::use_awaitable) &&
+              asio::co_spawn(b.executor(), detail::transfer(b, a, result.bytes_b_to_a, state, chunk, live ? &live->b_to_a : nullptr), asio::use_awaitable));
+    if (!state->failed) {
+        co_await (asio::co_spawn(a.executor(), a.close(), asio::use_awaitable) &&
+                  asio::co_spawn(b.executor(), b.close(), asio::use_awaitable));
+    }
+    result.error = state->first_error;
+    co_return result;
+}
+
+// A plain TCP connection (the local side of a proxy).
+class tcp_end {
+public:
+    explicit tcp_end(std::shared_ptr<tcp::socket> socket) : socket_(std::move(socket)) {}
+    asio::any_io_executor executor() const { return socket_->get_executor(); }
+
+    asio::awaitable<std::tuple<error_code, std::size_t>> read(asio::mutable_buffer buffer)
+    {
+        auto result = co_await socket_->async_read_some(buffer, use_nothrow);
+        co_return result;
+    }
+    asio::awaitable<error_code> write(asio::const_buffer data)
+    {
+        auto [ec, n] = co_await asio::async_write(*socket_, data, use_nothrow);
+        co_return ec;
+    }
+    asio::awaitable<error_code> write_eof()
+    {
+        error_code ec;
+        socket_->shutdown(tcp::socket::shutdown_send, ec);
+        co_return ec;
+    }
+    asio::awaitable<void> close()
+    {
+        error_code ec;
+        socket_->close(ec);
+        co_return;
+    }
+    void abort(bool)
+    {
+        asio::post(socket_->get_executor(), [socket = socket_] {
+            error_code ec;
+            socket->close(ec);
+        });
+    }
+
+private:
+    std::shared_ptr<tcp::socket> socket_;
+};
+
+// A WebSocket carrying raw bytes in binary messages; an empty message is end of stream.
+class ws_end {
+public:
+    explicit ws_end(std::shared_ptr<wss_stream> ws) : shared_(std::make_shared<shared>(std::move(ws))) {}
+    asio::any_io_executor executor() const { return shared_->ws->get_executor(); }
+    wss_stream& stream() const { return *shared_->ws; }
+
+    asio::awaitable<std::tuple<error_code, std::size_t>> read(asio::mutable_buffer buffer);
+    asio::awaitable<error_code> write(asio::const_buffer data);
+    asio::awaitable<error_code> write_eof();
+    asio::awaitable<void> close();
+    void abort(bool peer_failed);
+
+private:
+    struct shared {
+        explicit shared(std::shared_ptr<wss_stream> w) : ws(std::move(w)) {}
+        std::shared_ptr<wss_stream> ws;
+        std::atomic<bool> closing{false};
+    };
+    std::shared_ptr<shared> shared_;
+};
+
+} // namespace sg

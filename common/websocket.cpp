@@ -1,0 +1,43 @@
+#include "common/websocket.hpp"
+
+#include <boost/asio/ssl/error.hpp>
+
+namespace sg {
+
+namespace {
+void configure_common(wss_stream& ws, beast::role_type role, const liveness& l)
+{
+    websocket::stream_base::timeout t{};
+    t.handshake_timeout = l.handshake_timeout;
+    t.idle_timeout = l.idle_timeout;
+    t.keep_alive_pings = true;
+    ws.set_option(t);
+    ws.set_option(websocket::permessage_deflate{}); // off: compression costs 40x throughput
+    beast::get_lowest_layer(ws).expires_never();    // the websocket timeouts take over
+    (void)role;
+}
+} // namespace
+
+void configure_stream_websocket(wss_stream& ws, beast::role_type role, const liveness& l)
+{
+    configure_common(ws, role, l);
+    ws.binary(true);
+    ws.auto_fragment(false);
+    ws.write_buffer_bytes(max_stream_message);
+    ws.read_message_max(max_stream_message);
+}
+
+void configure_control_websocket(wss_stream& ws, beast::role_type role, const liveness& l)
+{
+    configure_common(ws, role, l);
+    ws.text(true);
+    ws.read_message_max(max_control_message);
+}
+
+bool is_benign(const error_code& ec)
+{
+    return !ec || ec == asio::error::eof || ec == asio::error::operation_aborted ||
+           ec == websocket::error::closed || ec == asio::ssl::error::stream_truncated;
+}
+
+} // namespace sg

@@ -1,0 +1,49 @@
+#pragma once
+// The WebSocket-over-TLS stream every Streamgate connection uses, and the settings shared by
+// the relay and the clients. Include only from translation units that do network I/O: Beast
+// templates are expensive to compile.
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/ssl.hpp>
+#include <boost/beast/websocket.hpp>
+
+namespace sg {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace websocket = boost::beast::websocket;
+using tcp = boost::asio::ip::tcp;
+using boost::system::error_code;
+
+using tls_stream = beast::ssl_stream<beast::tcp_stream>;
+using wss_stream = websocket::stream<tls_stream>;
+
+// Completion token for coroutines that inspect errors instead of catching exceptions.
+constexpr auto use_nothrow = asio::as_tuple(asio::use_awaitable);
+
+// Raw bytes travel in binary messages of at most this size (the seeds' 64 KiB frames).
+constexpr std::size_t max_stream_message = 64 * 1024;
+// Control messages are small JSON documents.
+constexpr std::size_t max_control_message = 16 * 1024;
+
+struct liveness {
+    std::chrono::seconds handshake_timeout{30};
+    // A peer silent this long is pinged at half the time and dropped at the full time.
+    std::chrono::seconds idle_timeout{40};
+};
+
+// Options for a stream that carries raw bytes: binary, unfragmented 64 KiB messages,
+// no compression, keepalive pings.
+void configure_stream_websocket(wss_stream& ws, beast::role_type role, const liveness& l = {});
+// Options for a control connection: text messages of at most max_control_message.
+void configure_control_websocket(wss_stream& ws, beast::role_type role, const liveness& l = {});
+
+// Normal endings of a connection that need no error log.
+bool is_benign(const error_code& ec);
+
+} // namespace sg

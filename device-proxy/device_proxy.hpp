@@ -1,0 +1,37 @@
+#pragma once
+// The device proxy: keeps the device's control connection to the relay and, for each stream
+// request it accepts, connects to a local target and carries the stream's bytes to it.
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <string>
+#include "common/connection_string.hpp"
+
+namespace sg::device_proxy {
+
+struct target {
+    std::string host;
+    std::uint16_t port = 0;
+};
+
+struct options {
+    connection_string device;
+    target default_target;                    // used when services is empty
+    std::map<std::string, target> services;   // stream name -> target; others are rejected
+    std::optional<std::filesystem::path> ca_file;
+    std::chrono::seconds stats_interval{10};  // 0 = off
+    std::chrono::seconds connect_timeout{10}; // to the local target
+    bool exit_on_auth_failure = false;
+    unsigned threads = 0;
+    bool verbose = false;
+};
+
+// "NAME=HOST:PORT" (HOST may be [v6]). Throws config_error.
+std::pair<std::string, target> parse_service_mapping(const std::string& text);
+
+// Runs until SIGTERM/SIGINT (or a 401 with exit_on_auth_failure); returns the exit code.
+int run(const options& o);
+
+} // namespace sg::device_proxy

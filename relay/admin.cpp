@@ -1,0 +1,220 @@
+#include "relay/admin.hpp"
+
+#include <CLI/CLI.hpp>
+#include <boost/json.hpp>
+#include <iostream>
+#include "common/connection_string.hpp"
+#include "common/crypto.hpp"
+#include "common/device_id.hpp"
+#include "common/error.hpp"
+#include "relay/data_dir.hpp"
+#include "relay/device_json.hpp"
+
+namespace sg::relay {
+namespace json = boost::json;
+
+namespace {
+
+int fail(int code, const std::string& message)
+{
+    std::cerr << "error: " << failure{code, message}.describe() << "\n";
+    return 1;
+}
+
+struct opened {
+    std::unique_ptr<registry> reg;
+    std::string host_name;
+};
+
+opened open(const admin_options& o)
+{
+    opened out;
+    out.reg = open_registry(o.data_dir);
+    out.host_name = recorded_host_name(*out.reg, o.host_name);
+    // The CA exists from the first command on, so clients can be given ca.pem right away.
+    ensure_relay_certificates(o.data_dir, certificate_names(out.host_name));
+    return out;
+}
+
+std::string device_connection_string(const std::string& host, const device_identity& d, const std::string& key_type)
+{
+    connection_string cs;
+    cs.host_name = host;
+    cs.device_id = d.device_id;
+    if (d.authentication == auth_type::sas)
+        cs.shared_access_key = key_type == "secondary" ? d.secondary_key : d.primary_key;
+    else
+        cs.x509 = true;
+    return cs.to_string();
+}
+
+int create_device(const admin_options& o)
+{
+    if (!is_valid_device_id(o.device_id))
+        return fail(codes::invalid_device_id, "invalid device id: use 1-128 letters, digits and - . + % _ # * ? ! ( ) , : = @ $");
+    auto [reg, host] = open(o);
+    device_identity d;
+    d.device_id = o.device_id;
+    if (o.auth_method == "x509_thumbprint") {
+        d.authentication = auth_type::self_signed;
+        d.primary_thumbprint = o.primary_thumbprint;
+        d.secondary_thumbprint = o.secondary_thumbprint;
+        if (d.primary_thumbprint.empty())
+            return fail(codes::bad_request, "--auth-method x509_thumbprint needs --primary-thumbprint");
+    } else if (o.auth_method == "x509_ca") {
+        d.authentication = auth_type::certificate_authority;
+    } else if (o.auth_method != "shared_private_key") {
+        return fail(codes::bad_request, "--auth-method must be shared_private_key, x509_thumbprint or x509_ca");
+    }
+    if (!o.status.empty()) {
+        auto s = parse_device_status(o.status);
+        if (!s)
+            return fail(codes::bad_request, "--status must be enabled or disabled");
+        d.status = *s;
+    }
+    if (reg->create_device(d) == registry_result::already_exists)
+        return fail(codes::already_exists, "device " + o.device_id + " already exists");
+    std::cout << device_connection_string(host, d, "primary") << "\n";
+    return 0;
+}
+
+int with_device(const admin_options& o, const std::function<int(opened&, device_identity&)>& action)
+{
+    if (!is_valid_device_id(o.device_id))
+        return fail(codes::invalid_device_id, "invalid device id");
+    auto db = open(o);
+    auto d = db.reg->find_device(o.device_id);
+    if (!d)
+        return fail(codes::device_not_found, "device " + o.device_id + " not found");
+    return action(db, *d);
+}
+
+int update_device(const admin_options& o)
+{
+    return with_device(o, [&](opened& db, device_identity& d) {
+        if (!o.status.empty()) {
+            auto s = parse_device_status(o.status);
+            if (!s)
+                return fail(codes::bad_request, "--status must be enabled or disabled");
+            d.status = *s;
+        }
+        if (!o.status_reason.empty())
+            d.status_reason = o.status_reason;
+        if (!o.renew_key.empty()) {
+            if (o.renew_key != "primary" && o.renew_key != "secondary" && o.renew_key != "both")
+                return fail(codes::bad_request, "--renew-key must be primary, secondary or both");
+            if (o.renew_key != "secondary")
+                d.primary_key = random_key_base64();
+            if (o.renew_key != "primary")
+                d.secondary_key = random_key_base64();
+        }
+        auto result = db.reg->update_device(d, o.etag);
+        if (result == registry_result::etag_mismatch)
+            return fail(codes::precondition_failed, "--etag does not match the device's etag");
+        std::cout << json::serialize(to_json(d)) << "\n";
+        return 0;
+    });
+}
+
+} // namespace
+
+void add_admin_commands(CLI::App& app, admin_options& o, int* result, bool* ran)
+{
+    auto run = [result, ran](std::function<int()> f) {
+        return [result, ran, f] {
+            *ran = true;
+            try {
+                *result = f();
+            } catch (const std::exception& e) {
+                *result = fail(codes::internal, e.what());
+            }
+        };
+    };
+
+    auto* identity = app.add_subcommand("device-identity", "Manage device identities in the registry");
+    identity->require_subcommand(1);
+
+    auto* create = identity->add_subcommand("create", "Create a device; prints its connection string");
+    create->add_option("-d,--device-id", o.device_id, "Device id (case-sensitive)")->required();
+    create->add_option("--auth-method,--am", o.auth_method, "shared_private_key | x509_thumbprint | x509_ca");
+    create->add_option("--primary-thumbprint,--ptp", o.primary_thumbprint, "SHA-256 thumbprint (x509_thumbprint)");
+    create->add_option("--secondary-thumbprint,--stp", o.secondary_thumbprint, "SHA-256 thumbprint (x509_thumbprint)");
+    create->add_option("--status", o.status, "enabled | disabled");
+    create->callback(run([&o] { return create_device(o); }));
+
+    auto* show = identity->add_subcommand("show", "Print a device as JSON, with its connectionState");
+    show->add_option("-d,--device-id", o.device_id, "Device id")->required();
+    show->callback(run([&o] {
+        return with_device(o, [](opened&, device_identity& d) {
+            std::cout << json::serialize(to_json(d)) << "\n";
+            return 0;
+        });
+    }));
+
+    auto* list = identity->add_subcommand("list", "Print every device as a JSON array");
+    list->callback(run([&o] {
+        auto db = open(o);
+        json::array all;
+        for (auto& d : db.reg->list_devices())
+            all.push_back(to_json(d));
+        std::cout << json::serialize(all) << "\n";
+        return 0;
+    }));
+
+    auto* update = identity->add_subcommand("update", "Change a device's status or renew its keys");
+    update->add_option("-d,--device-id", o.device_id, "Device id")->required();
+    update->add_option("--status", o.status, "enabled | disabled");
+    update->add_option("--status-reason", o.status_reason, "Why the status changed");
+    update->add_option("--renew-key", o.renew_key, "primary | secondary | both: replace the key, invalidating the old one");
+    update->add_option("--etag", o.etag, "Only update if the device still has this etag");
+    update->callback(run([&o] { return update_device(o); }));
+
+    auto* remove = identity->add_subcommand("delete", "Delete a device");
+    remove->add_option("-d,--device-id", o.device_id, "Device id")->required();
+    remove->add_option("--etag", o.etag, "Only delete if the device still has this etag");
+    remove->callback(run([&o] {
+        return with_device(o, [&o](opened& db, device_identity&) {
+            if (db.reg->delete_device(o.device_id, o.etag) == registry_result::etag_mismatch)
+                return fail(codes::precondition_failed, "--etag does not match the device's etag");
+            return 0;
+        });
+    }));
+
+    auto* device_cs = identity->add_subcommand("show-connection-string", "Print a device's connection string");
+    device_cs->add_option("-d,--device-id", o.device_id, "Device id")->required();
+    device_cs->add_option("--key-type,--kt", o.key_type, "primary | secondary");
+    device_cs->callback(run([&o] {
+        return with_device(o, [&o](opened& db, device_identity& d) {
+            std::cout << device_connection_string(db.host_name, d, o.key_type) << "\n";
+            return 0;
+        });
+    }));
+
+    auto* policy_cs = app.add_subcommand("show-connection-string", "Print a shared access policy's connection string");
+    policy_cs->add_option("--policy-name,--pn", o.policy_name,
+                          "iothubowner | service | device | registryRead | registryReadWrite")
+        ->default_val("iothubowner");
+    policy_cs->add_option("--key-type,--kt", o.key_type, "primary | secondary");
+    policy_cs->callback(run([&o] {
+        auto db = open(o);
+        auto policy = db.reg->find_policy(o.policy_name);
+        if (!policy)
+            return fail(codes::bad_request, "no shared access policy named " + o.policy_name);
+        connection_string cs;
+        cs.host_name = db.host_name;
+        cs.shared_access_key_name = policy->name;
+        cs.shared_access_key = o.key_type == "secondary" ? policy->secondary_key : policy->primary_key;
+        std::cout << cs.to_string() << "\n";
+        return 0;
+    }));
+
+    auto* streams = app.add_subcommand("devicestream", "Device streams settings");
+    streams->require_subcommand(1);
+    streams->add_subcommand("show", "Print the streaming endpoint URL")->callback(run([&o] {
+        auto db = open(o);
+        std::cout << "wss://" << db.host_name << "/bridges/" << hub_name(*db.reg) << "\n";
+        return 0;
+    }));
+}
+
+} // namespace sg::relay

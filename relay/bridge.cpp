@@ -1,0 +1,129 @@
+// The streaming endpoint: each side of a stream joins with its own single-use token; when both
+// are there, the byte pump carries binary messages between them until one side ends.
+#include <boost/asio/co_spawn.hpp>
+#include "common/crypto.hpp"
+#include "common/pump.hpp"
+#include "relay/internal.hpp"
+
+namespace sg::relay {
+
+namespace {
+
+const char* side_name(stream_side s) { return s == stream_side::service ? "service" : "device"; }
+
+// Finds the stream, checks the token against the side it belongs to and marks it used.
+failure claim_side(relay_state& state, const route& r, std::string_view authorization,
+                   std::shared_ptr<pending_stream>& stream, stream_side& side)
+{
+    constexpr std::string_view bearer = "Bearer ";
+    if (authorization.substr(0, bearer.size()) != bearer)
+        return failure{codes::unauthorized, "missing Bearer token"};
+    auto token = authorization.substr(bearer.size());
+    std::lock_guard lock(state.streams_mutex);
+    auto it = state.streams.find(r.stream_id);
+    // Unknown, expired, other device's or other hub's: all the same answer.
+    if (it == state.streams.end() || it->second->device_id != r.device_id || r.hub != state.hub_name ||
+        it->second->expires_at < std::chrono::steady_clock::now())
+        return failure{codes::unauthorized, "no such stream, or it expired"};
+    auto& s = *it->second;
+    bool is_service = constant_time_equal(token, s.service_token);
+    bool is_device = constant_time_equal(token, s.device_token);
+    if (!is_service && !is_device)
+        return failure{codes::unauthorized, "token is not valid for this stream"};
+    bool& joined = is_service ? s.service_joined : s.device_joined;
+    if (joined)
+        return failure{codes::unauthorized, "token was already used"};
+    joined = true;
+    side = is_service ? stream_side::service : stream_side::device;
+    stream = it->second;
+    return {};
+}
+
+asio::awaitable<void> run_pair(std::shared_ptr<relay_state> state, std::shared_ptr<pending_stream> s,
+                               std::shared_ptr<wss_stream> service, std::shared_ptr<wss_stream> device)
+{
+    auto started = std::chrono::steady_clock::now();
+    auto setup_ms = std::chrono::duration<double, std::milli>(started - s->requested_at).count();
+    state->active_streams++;
+    state->log->info("event=StreamEstablished device={} stream={} streamId={} setupMs={:.1f}", s->device_id,
+                     s->stream_name, s->stream_id, setup_ms);
+    auto result = co_await pump(ws_end(service), ws_end(device));
+    auto seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    state->active_streams--;
+    state->log->info("event=StreamClosed device={} stream={} streamId={} bytesToDevice={} bytesToService={} "
+                     "durationS={:.3f} result={}",
+                     s->device_id, s->stream_name, s->stream_id, result.bytes_a_to_b, result.bytes_b_to_a, seconds,
+                     result.error ? result.error.message() : "ok");
+}
+
+} // namespace
+
+asio::awaitable<void> serve_bridge(std::shared_ptr<relay_state> state, tls_stream stream, request_type req, route r,
+                                   std::string peer)
+{
+    std::shared_ptr<pending_stream> s;
+    stream_side side{};
+    if (auto f = claim_side(*state, r, req[http::field::authorization], s, side)) {
+        state->log->warn("event=AuthFailed peer={} device={} endpoint=bridge streamId={} code={} reason=\"{}\"", peer,
+                         r.device_id, r.stream_id, f.code, f.message);
+        auto res = error_response(req, f.code, f.message);
+        res.keep_alive(false);
+        co_await http::async_write(stream, res, use_nothrow);
+        co_return;
+    }
+    auto ws = std::make_shared<wss_stream>(std::move(stream));
+    configure_stream_websocket(*ws, beast::role_type::server);
+    auto [aec] = co_await ws->async_accept(req, use_nothrow);
+    if (aec) {
+        state->log->info("peer={} streamId={} side={} handshake failed: {}", peer, r.stream_id, side_name(side), aec.message());
+        co_return;
+    }
+
+    auto timer = std::make_shared<asio::steady_timer>(co_await asio::this_coro::executor);
+    std::shared_ptr<wss_stream> other;
+    {
+        std::lock_guard lock(state->streams_mutex);
+        if (s->waiting) {
+            other = std::move(s->waiting);
+            state->streams.erase(s->stream_id);
+            asio::post(s->waiting_timer->get_executor(), [t = s->waiting_timer] { t->cancel(); });
+            s->waiting_timer.reset();
+        } else {
+            s->waiting = ws;
+            s->waiting_side = side;
+            s->waiting_timer = timer;
+            timer->expires_at(s->expires_at);
+        }
+    }
+    if (other) {
+        if (side == stream_side::service)
+            co_await run_pair(state, s, ws, other);
+        else
+            co_await run_pair(state, s, other, ws);
+        co_return;
+    }
+
+    co_await timer->async_wait(use_nothrow);
+    bool gave_up = false;
+    {
+        std::lock_guard lock(state->streams_mutex);
+        if (s->waiting == ws) {
+            s->waiting.reset();
+            s->waiting_timer.reset();
+            state->streams.erase(s->stream_id);
+            gave_up = true;
+        }
+    }
+    if (gave_up) {
+        state->log->info("event=StreamClosed device={} stream={} streamId={} result=504101 reason=\"{} side never joined\"",
+                         s->device_id, s->stream_name, s->stream_id,
+                         side_name(side == stream_side::service ? stream_side::device : stream_side::service));
+        co_await ws->async_close(websocket::close_reason(websocket::close_code::internal_error,
+                                                         protocol::close_reason_text(codes::gateway_timeout,
+                                                                                     "the other side never joined")),
+                                 use_nothrow);
+    }
+    // Otherwise the side that joined second runs the pump with this connection.
+}
+
+} // namespace sg::relay

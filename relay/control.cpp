@@ -1,0 +1,278 @@
+// Devices' control connections and stream creation: the service's POST becomes a request on
+// the device's control connection, and the device's answer becomes the POST's response.
+#include <charconv>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/json.hpp>
+#include "common/crypto.hpp"
+#include "relay/internal.hpp"
+
+namespace sg::relay {
+
+void pending_answer::deliver(std::optional<protocol::stream_response_message> a)
+{
+    {
+        std::lock_guard lock(mutex);
+        if (done)
+            return;
+        done = true;
+        answer = std::move(a);
+    }
+    asio::post(timer->get_executor(), [t = timer] { t->cancel(); });
+}
+
+control_channel::control_channel(std::string device_id, std::shared_ptr<wss_stream> ws)
+    : device_id_(std::move(device_id)), link_(std::make_shared<control_link>(std::move(ws)))
+{
+}
+
+void control_channel::send_request(const protocol::stream_request_message& m, std::shared_ptr<pending_answer> waiter)
+{
+    {
+        std::lock_guard lock(mutex_);
+        if (closed_) {
+            waiter->deliver(std::nullopt);
+            return;
+        }
+        pending_.emplace(m.request_id, std::move(waiter));
+    }
+    link_->send(protocol::serialize(m));
+}
+
+void control_channel::forget_request(const std::string& request_id)
+{
+    std::lock_guard lock(mutex_);
+    pending_.erase(request_id);
+}
+
+void control_channel::close(int code, std::string_view message)
+{
+    link_->close(websocket::close_reason(static_cast<websocket::close_code>(4000 + code % 1000), protocol::close_reason_text(code, message)));
+}
+
+void control_channel::on_message(std::string_view text, spdlog::logger& log)
+{
+    std::string error;
+    auto m = protocol::parse_stream_response(text, error);
+    if (!m) {
+        log.warn("device={} sent an invalid control message: {}", device_id_, error);
+        close(codes::bad_request, "invalid control message: " + error);
+        return;
+    }
+    std::shared_ptr<pending_answer> waiter;
+    {
+        std::lock_guard lock(mutex_);
+        auto it = pending_.find(m->request_id);
+        if (it != pending_.end()) {
+            waiter = std::move(it->second);
+            pending_.erase(it);
+        }
+    }
+    if (!waiter) {
+        // A late answer (after the timeout) or one to a request never sent: ignore it, keep the device.
+        log.info("device={} answered unknown or expired request", device_id_);
+        return;
+    }
+    waiter->deliver(std::move(*m));
+}
+
+asio::awaitable<error_code> control_channel::run(spdlog::logger& log)
+{
+    auto ec = co_await link_->run([this, &log](std::string_view text) { on_message(text, log); });
+    std::unordered_map<std::string, std::shared_ptr<pending_answer>> orphans;
+    {
+        std::lock_guard lock(mutex_);
+        closed_ = true;
+        orphans.swap(pending_);
+    }
+    for (auto& [id, waiter] : orphans)
+        waiter->deliver(std::nullopt);
+    co_return ec;
+}
+
+std::shared_ptr<control_channel> relay_state::find_device(const std::string& id)
+{
+    std::lock_guard lock(devices_mutex);
+    auto it = devices.find(id);
+    return it == devices.end() ? nullptr : it->second;
+}
+
+void relay_state::expire_streams()
+{
+    auto now = std::chrono::steady_clock::now();
+    std::lock_guard lock(streams_mutex);
+    for (auto it = streams.begin(); it != streams.end();) {
+        // A stream with a waiting side is expired by that side's own timer.
+        if (!it->second->waiting && it->second->expires_at < now)
+            it = streams.erase(it);
+        else
+            ++it;
+    }
+}
+
+asio::awaitable<void> serve_control(std::shared_ptr<relay_state> state, tls_stream stream, request_type req, route r,
+                                    std::string peer)
+{
+    device_identity device;
+    if (auto f = state->auth->authorize_device(req[http::field::authorization], r.device_id, &device)) {
+        state->log->warn("event=AuthFailed peer={} device={} endpoint=control code={} reason=\"{}\"", peer, r.device_id,
+                         f.code, f.message);
+        auto res = error_response(req, f.code, f.message);
+        res.keep_alive(false);
+        co_await http::async_write(stream, res, use_nothrow);
+        co_return;
+    }
+    auto ws = std::make_shared<wss_stream>(std::move(stream));
+    configure_control_websocket(*ws, beast::role_type::server);
+    auto [aec] = co_await ws->async_accept(req, use_nothrow);
+    if (aec) {
+        state->log->info("peer={} device={} control handshake failed: {}", peer, r.device_id, aec.message());
+        co_return;
+    }
+    auto channel = std::make_shared<control_channel>(r.device_id, ws);
+    std::shared_ptr<control_channel> replaced;
+    {
+        std::lock_guard lock(state->devices_mutex);
+        auto& slot = state->devices[r.device_id];
+        replaced = std::move(slot);
+        slot = channel;
+    }
+    if (replaced) {
+        state->log->info("event=DeviceReplaced device={} reason=\"a newer control connection replaced this one\"", r.device_id);
+        replaced->close(codes::connection_replaced, "a newer connection for this device replaced this one");
+    }
+    state->reg->set_connection_state(r.device_id, true);
+    state->log->info("event=DeviceConnected device={} peer={}", r.device_id, peer);
+
+    auto ec = co_await channel->run(*state->log);
+
+    bool still_current = false;
+    {
+        std::lock_guard lock(state->devices_mutex);
+        auto it = state->devices.find(r.device_id);
+        if (it != state->devices.end() && it->second == channel) {
+            state->devices.erase(it);
+            still_current = true;
+        }
+    }
+    if (still_current)
+        state->reg->set_connection_state(r.device_id, false);
+    state->log->info("event=DeviceDisconnected device={} peer={} reason=\"{}\"", r.device_id, peer,
+                     is_benign(ec) ? "closed" : ec.message());
+}
+
+asio::awaitable<http::response<http::string_body>> open_stream(std::shared_ptr<relay_state> state, const request_type& req,
+                                                               const route& r)
+{
+    auto resource = "/twins/" + r.device_id + "/streams/" + r.stream_name;
+    if (auto f = state->auth->authorize_policy(req[http::field::authorization], permission::service_connect, resource)) {
+        state->log->warn("event=AuthFailed endpoint=streams device={} code={} reason=\"{}\"", r.device_id, f.code, f.message);
+        co_return error_response(req, f.code, f.message);
+    }
+    auto seconds_header = [&](std::string_view name, int fallback) {
+        auto text = req[name];
+        int value = 0;
+        auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+        return (text.empty() || ec != std::errc{} || p != text.data() + text.size() || value <= 0 || value > 300)
+                   ? std::chrono::seconds(fallback)
+                   : std::chrono::seconds(value);
+    };
+    auto connect_timeout = seconds_header("iothub-streaming-connect-timeout-in-seconds", 60);
+    auto response_timeout = seconds_header("iothub-streaming-response-timeout-in-seconds", 60);
+
+    if (!state->reg->find_device(r.device_id))
+        co_return error_response(req, codes::device_not_found, "device " + r.device_id + " is not registered");
+    auto channel = state->find_device(r.device_id);
+    if (!channel) {
+        state->log->info("event=StreamRejected device={} stream={} result=404103 reason=\"device not online\"", r.device_id,
+                         r.stream_name);
+        co_return error_response(req, codes::device_not_online, "device " + r.device_id + " is not online");
+    }
+
+    auto pending = std::make_shared<pending_stream>();
+    pending->stream_id = to_lower(hex_upper(random_bytes(16)));
+    pending->device_id = r.device_id;
+    pending->stream_name = r.stream_name;
+    pending->service_token = random_token();
+    pending->device_token = random_token();
+    pending->requested_at = std::chrono::steady_clock::now();
+    pending->expires_at = pending->requested_at + response_timeout + connect_timeout;
+    std::string url = "wss://" + state->host_name + "/bridges/" + state->hub_name + "/" + url_encode(r.device_id) + "/" +
+                      pending->stream_id;
+    {
+        std::lock_guard lock(state->streams_mutex);
+        state->streams.emplace(pending->stream_id, pending);
+    }
+    state->log->info("event=StreamRequested device={} stream={} streamId={}", r.device_id, r.stream_name, pending->stream_id);
+
+    auto waiter = std::make_shared<pending_answer>(co_await asio::this_coro::executor);
+    protocol::stream_request_message m{to_lower(hex_upper(random_bytes(8))), r.stream_name, pending->stream_id, url,
+                                       pending->device_token};
+    waiter->timer->expires_after(response_timeout);
+    channel->send_request(m, waiter);
+    bool answered = false;
+    {
+        std::lock_guard lock(waiter->mutex);
+        answered = waiter->done;
+    }
+    if (!answered)
+        co_await waiter->timer->async_wait(use_nothrow);
+
+    std::optional<protocol::stream_response_message> answer;
+    bool timed_out = false;
+    {
+        std::lock_guard lock(waiter->mutex);
+        timed_out = !waiter->done;
+        waiter->done = true;
+        answer = waiter->answer;
+    }
+    auto drop_stream = [&] {
+        std::lock_guard lock(state->streams_mutex);
+        state->streams.erase(pending->stream_id);
+    };
+    if (timed_out) {
+        channel->forget_request(m.request_id);
+        drop_stream();
+        state->log->info("event=StreamRejected device={} stream={} streamId={} result=504101 reason=\"no answer in {}s\"",
+                         r.device_id, r.stream_name, pending->stream_id, response_timeout.count());
+        co_return error_response(req, codes::gateway_timeout, "Timed out waiting for the response from device.");
+    }
+    if (!answer) {
+        drop_stream();
+        state->log->info("event=StreamRejected device={} stream={} streamId={} result=404104 reason=\"device disconnected\"",
+                         r.device_id, r.stream_name, pending->stream_id);
+        co_return error_response(req, codes::device_connection_closed, "the device disconnected before answering");
+    }
+
+    http::response<http::string_body> res{http::status::ok, req.version()};
+    res.keep_alive(req.keep_alive());
+    res.set(http::field::content_type, "application/json; charset=utf-8");
+    boost::json::object body{{"streamName", r.stream_name}, {"isAccepted", answer->accepted}};
+    if (answer->accepted) {
+        {
+            std::lock_guard lock(state->streams_mutex);
+            pending->expires_at = std::chrono::steady_clock::now() + connect_timeout;
+        }
+        res.set("iothub-streaming-is-accepted", "True");
+        res.set("iothub-streaming-url", url);
+        res.set("iothub-streaming-auth-token", pending->service_token);
+        body["uri"] = url;
+        body["authorizationToken"] = pending->service_token;
+        state->log->info("event=StreamAccepted device={} stream={} streamId={}", r.device_id, r.stream_name,
+                         pending->stream_id);
+    } else {
+        drop_stream();
+        res.set("iothub-streaming-is-accepted", "False");
+        std::string reason;
+        for (char c : answer->reason) // a header value must stay on one line
+            reason += (c == '\r' || c == '\n') ? ' ' : c;
+        res.set("iothub-streaming-rejection-reason", reason);
+        body["reason"] = answer->reason;
+        state->log->info("event=StreamRejected device={} stream={} streamId={} result=rejected reason=\"{}\"", r.device_id,
+                         r.stream_name, pending->stream_id, reason);
+    }
+    res.body() = boost::json::serialize(body);
+    res.prepare_payload();
+    co_return res;
+}
+
+} // namespace sg::relay

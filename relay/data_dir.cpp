@@ -1,0 +1,91 @@
+#include "relay/data_dir.hpp"
+
+#include <algorithm>
+#include <charconv>
+#include <system_error>
+#include <sys/stat.h>
+#include "common/connection_string.hpp"
+
+namespace sg::relay {
+
+listen_address parse_listen_address(const std::string& text)
+{
+    listen_address out;
+    std::string port_text;
+    if (!text.empty() && text.front() == '[') {
+        auto close = text.find(']');
+        if (close == std::string::npos || close + 1 >= text.size() || text[close + 1] != ':')
+            throw config_error("--listen: expected [address]:port, got \"" + text + "\"");
+        out.host = text.substr(1, close - 1);
+        port_text = text.substr(close + 2);
+    } else {
+        auto colon = text.rfind(':');
+        if (colon == std::string::npos || text.find(':') != colon)
+            throw config_error("--listen: expected address:port, got \"" + text + "\"");
+        out.host = text.substr(0, colon);
+        port_text = text.substr(colon + 1);
+    }
+    unsigned port = 0;
+    auto [p, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
+    if (ec != std::errc{} || p != port_text.data() + port_text.size() || port > 65535)
+        throw config_error("--listen: invalid port \"" + port_text + "\"");
+    out.port = static_cast<std::uint16_t>(port);
+    return out;
+}
+
+std::string public_host_name(const std::string& explicit_name, const std::string& listen_host, std::uint16_t port)
+{
+    std::string host = explicit_name;
+    if (host.empty()) {
+        listen_address l{listen_host, port};
+        host = l.is_wildcard() ? "localhost" : listen_host;
+    }
+    // A name given with its own port is kept as written.
+    bool has_port = host.front() == '[' ? host.find("]:") != std::string::npos
+                                        : std::count(host.begin(), host.end(), ':') == 1;
+    if (has_port)
+        return host;
+    if (host.find(':') != std::string::npos)
+        host = "[" + host + "]";
+    return port == 443 ? host : host + ":" + std::to_string(port);
+}
+
+std::unique_ptr<registry> open_registry(const std::filesystem::path& data_dir)
+{
+    std::error_code ec;
+    std::filesystem::create_directories(data_dir, ec);
+    if (ec)
+        throw std::runtime_error("cannot create data directory " + data_dir.string() + ": " + ec.message());
+    ::chmod(data_dir.c_str(), 0700);
+    return open_sqlite_registry(data_dir / "registry.db");
+}
+
+std::string recorded_host_name(registry& reg, const std::string& explicit_name)
+{
+    if (!explicit_name.empty())
+        return explicit_name;
+    if (auto recorded = reg.get_setting("host_name"))
+        return *recorded;
+    return "localhost:8443";
+}
+
+std::string hub_name(registry& reg)
+{
+    if (auto name = reg.get_setting("hub_name"))
+        return *name;
+    reg.set_setting("hub_name", "streamgate");
+    return "streamgate";
+}
+
+std::vector<std::string> certificate_names(const std::string& host_name)
+{
+    connection_string probe;
+    probe.host_name = host_name;
+    try {
+        return {probe.host()};
+    } catch (const std::exception&) {
+        return {};
+    }
+}
+
+} // namespace sg::relay

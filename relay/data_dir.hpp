@@ -1,0 +1,36 @@
+#pragma once
+// The relay's data directory: registry.db, the embedded CA and the settings admin commands
+// read (the host name the relay was last started with).
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include "relay/certificates.hpp"
+#include "relay/registry.hpp"
+
+namespace sg::relay {
+
+struct listen_address {
+    std::string host; // as given, without brackets; empty or 0.0.0.0/:: = every interface
+    std::uint16_t port = 0;
+    bool is_wildcard() const { return host.empty() || host == "0.0.0.0" || host == "::"; }
+};
+// "0.0.0.0:8443", "[::]:8443", "127.0.0.1:0", ":8443". Throws config_error.
+listen_address parse_listen_address(const std::string& text);
+
+// The HostName clients use: the explicit name, else the listen host (localhost for a wildcard),
+// with ":port" unless the port is 443.
+std::string public_host_name(const std::string& explicit_name, const std::string& listen_host, std::uint16_t port);
+
+// Opens <dir>/registry.db, creating the directory (0700) and the registry on first use.
+std::unique_ptr<registry> open_registry(const std::filesystem::path& data_dir);
+
+// The host name admin commands put in connection strings: --host-name, else what the relay
+// recorded at its last start, else the default listen address's.
+std::string recorded_host_name(registry& reg, const std::string& explicit_name);
+std::string hub_name(registry& reg);
+
+// The names the server certificate must carry for this host name.
+std::vector<std::string> certificate_names(const std::string& host_name);
+
+} // namespace sg::relay

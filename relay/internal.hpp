@@ -1,0 +1,103 @@
+#pragma once
+// Shared state of a running relay; included by its network translation units only.
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <spdlog/logger.h>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ssl/context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/beast/http.hpp>
+#include "common/control_link.hpp"
+#include "common/protocol.hpp"
+#include "common/websocket.hpp"
+#include "relay/auth.hpp"
+#include "relay/registry.hpp"
+#include "relay/relay.hpp"
+#include "relay/router.hpp"
+
+namespace sg::relay {
+
+namespace http = beast::http;
+using request_type = http::request<http::string_body>;
+
+// A stream request waiting for the device's answer. The device's control channel delivers it
+// from its own strand; the waiting HTTP session wakes on its strand.
+struct pending_answer {
+    explicit pending_answer(asio::any_io_executor ex) : timer(std::make_shared<asio::steady_timer>(ex)) {}
+    void deliver(std::optional<protocol::stream_response_message> answer); // nullopt: device went away
+
+    std::shared_ptr<asio::steady_timer> timer;
+    std::mutex mutex;
+    bool done = false;
+    std::optional<protocol::stream_response_message> answer;
+};
+
+// The relay's end of one device's control connection.
+class control_channel : public std::enable_shared_from_this<control_channel> {
+public:
+    control_channel(std::string device_id, std::shared_ptr<wss_stream> ws);
+    const std::string& device_id() const { return device_id_; }
+    void send_request(const protocol::stream_request_message& m, std::shared_ptr<pending_answer> waiter);
+    void forget_request(const std::string& request_id);
+    void close(int code, std::string_view message);
+    asio::awaitable<error_code> run(spdlog::logger& log);
+
+private:
+    void on_message(std::string_view text, spdlog::logger& log);
+    std::string device_id_;
+    std::shared_ptr<control_link> link_;
+    std::mutex mutex_;
+    std::unordered_map<std::string, std::shared_ptr<pending_answer>> pending_;
+    bool closed_ = false;
+};
+
+enum class stream_side { service, device };
+
+// A stream between the service's POST and both sides joining the streaming endpoint.
+struct pending_stream {
+    std::string stream_id, device_id, stream_name;
+    std::string service_token, device_token;
+    bool service_joined = false, device_joined = false;
+    std::chrono::steady_clock::time_point requested_at, expires_at;
+    // The side that joined first waits here for the other.
+    std::shared_ptr<wss_stream> waiting;
+    stream_side waiting_side = stream_side::service;
+    std::shared_ptr<asio::steady_timer> waiting_timer;
+};
+
+struct relay_state {
+    relay_options options;
+    std::string host_name;    // as in connection strings, with :port unless 443
+    std::string hub_name;
+    std::unique_ptr<registry> reg;
+    std::unique_ptr<authenticator> auth;
+    std::shared_ptr<asio::ssl::context> tls;
+    std::shared_ptr<spdlog::logger> log;
+    std::atomic<bool> stopping{false};
+
+    std::mutex devices_mutex;
+    std::unordered_map<std::string, std::shared_ptr<control_channel>> devices;
+
+    std::mutex streams_mutex;
+    std::unordered_map<std::string, std::shared_ptr<pending_stream>> streams;
+    std::atomic<std::uint64_t> active_streams{0};
+
+    std::shared_ptr<control_channel> find_device(const std::string& id);
+    void expire_streams(); // drops streams nobody joined in time
+};
+
+// Entry points of the translation units.
+asio::awaitable<void> serve_connection(std::shared_ptr<relay_state> state, tcp::socket socket);
+asio::awaitable<void> serve_control(std::shared_ptr<relay_state> state, tls_stream stream, request_type req,
+                                    route r, std::string peer);
+asio::awaitable<void> serve_bridge(std::shared_ptr<relay_state> state, tls_stream stream, request_type req, route r,
+                                   std::string peer);
+asio::awaitable<http::response<http::string_body>> open_stream(std::shared_ptr<relay_state> state,
+                                                               const request_type& req, const route& r);
+
+http::response<http::string_body> error_response(const request_type& req, int code, std::string_view message);
+
+} // namespace sg::relay

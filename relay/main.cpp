@@ -1,0 +1,74 @@
+// streamgate-relay: runs the relay, or with a subcommand administers its registry.
+#include <CLI/CLI.hpp>
+#include <iostream>
+#include "common/connection_string.hpp"
+#include "relay/admin.hpp"
+#include "relay/relay.hpp"
+
+int main(int argc, char** argv)
+{
+    sg::relay::relay_options options;
+    sg::relay::admin_options admin;
+    CLI::App app{"streamgate-relay: the Streamgate relay (device registry, control connections and streaming "
+                 "endpoint on one TLS port).\n\nWithout a subcommand it runs the relay until SIGTERM/SIGINT. "
+                 "With one, it administers the registry in --data-dir (also while the relay runs) and prints "
+                 "only the result on stdout.\n\nExit codes: 0 success, 1 error (the message names the error "
+                 "code, e.g. 409001), 2 usage."};
+    std::string data_dir = options.data_dir.string();
+    std::string min_tls = "1.2";
+    std::string cert, key;
+    int drain = static_cast<int>(options.drain_timeout.count());
+    int handshake = static_cast<int>(options.handshake_timeout.count());
+    app.add_option("--data-dir", data_dir, "Registry, keys and certificates (created 0700)")->capture_default_str();
+    app.add_option("--listen", options.listen, "Address and port to serve on (port 0 picks a free one)")
+        ->capture_default_str();
+    app.add_option("--host-name", options.host_name,
+                   "Public host name of the relay, used in connection strings, streaming URLs and the certificate");
+    app.add_option("--cert", cert, "Server certificate chain (PEM); default: issued by the embedded CA");
+    app.add_option("--key", key, "Private key for --cert (PEM)");
+    app.add_option("--threads", options.threads, "I/O threads (default: one per core)");
+    app.add_option("--min-tls", min_tls, "Minimum TLS version: 1.2 or 1.3")->check(CLI::IsMember({"1.2", "1.3"}))
+        ->capture_default_str();
+    app.add_option("--handshake-timeout", handshake, "Seconds a client gets for TCP+TLS+HTTP request")->capture_default_str();
+    app.add_option("--drain-timeout", drain, "Seconds live streams get to finish on SIGTERM")->capture_default_str();
+    app.add_flag("-v,--verbose", options.verbose, "Debug logging");
+    app.set_version_flag("--version", "streamgate-relay 0.1.0");
+    app.require_subcommand(0, 1);
+
+    int admin_result = 0;
+    bool admin_ran = false;
+    sg::relay::add_admin_commands(app, admin, &admin_result, &admin_ran);
+    // Admin callbacks read data_dir/host name from `admin`, so fill it before they run.
+    app.parse_complete_callback([&] {
+        admin.data_dir = data_dir;
+        admin.host_name = options.host_name;
+    });
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        int code = app.exit(e);
+        return code == 0 ? 0 : 2;
+    }
+    if (admin_ran)
+        return admin_result;
+
+    if (cert.empty() != key.empty()) {
+        std::cerr << "error: --cert and --key go together\n";
+        return 2;
+    }
+    if (!cert.empty()) {
+        options.cert = cert;
+        options.key = key;
+    }
+    options.data_dir = data_dir;
+    options.min_tls = min_tls == "1.3" ? sg::tls_version::v1_3 : sg::tls_version::v1_2;
+    options.drain_timeout = std::chrono::seconds(drain);
+    options.handshake_timeout = std::chrono::seconds(handshake);
+    try {
+        return sg::relay::run_relay(options);
+    } catch (const std::exception& e) {
+        std::cerr << "error: " << e.what() << "\n";
+        return 1;
+    }
+}

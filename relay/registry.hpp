@@ -1,0 +1,88 @@
+#pragma once
+// The relay's identity registry: devices and shared access policies.
+// A small interface so that a shared database can replace the embedded SQLite one.
+// Implementations are safe to call from several threads.
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace sg::relay {
+
+enum class device_status { enabled, disabled };
+enum class auth_type { sas, self_signed, certificate_authority };
+
+std::string_view to_string(device_status s);   // "enabled" / "disabled"
+std::string_view to_string(auth_type a);       // "sas" / "selfSigned" / "certificateAuthority"
+std::optional<device_status> parse_device_status(std::string_view s);
+std::optional<auth_type> parse_auth_type(std::string_view s);
+
+struct device_identity {
+    std::string device_id;
+    std::string generation_id;            // set on create
+    std::string etag;                     // changes on every update
+    device_status status = device_status::enabled;
+    std::string status_reason;
+    auth_type authentication = auth_type::sas;
+    std::string primary_key, secondary_key;               // sas: base64, 32 bytes
+    std::string primary_thumbprint, secondary_thumbprint; // self_signed: SHA-256 hex, upper case
+    bool connected = false;                               // connectionState
+    std::string connection_state_updated_time;            // ISO 8601 UTC, e.g. 2026-11-27T07:31:05Z
+    std::string status_updated_time;
+    std::string last_activity_time;
+};
+
+namespace permission {
+constexpr unsigned registry_read = 1, registry_write = 2, service_connect = 4, device_connect = 8;
+}
+std::string permissions_to_string(unsigned permissions); // e.g. "RegistryRead, ServiceConnect"
+
+struct access_policy {
+    std::string name;
+    std::string primary_key, secondary_key;
+    unsigned permissions = 0;
+};
+
+enum class registry_result { ok, not_found, already_exists, etag_mismatch };
+
+class registry {
+public:
+    virtual ~registry() = default;
+
+    virtual std::optional<device_identity> find_device(std::string_view device_id) = 0;
+    virtual std::vector<device_identity> list_devices() = 0;
+    // Fills generation_id, etag, times and, for sas devices with empty keys, fresh keys.
+    virtual registry_result create_device(device_identity& device) = 0;
+    // if_match empty or "*" updates unconditionally; otherwise it must equal the stored etag.
+    // Writes status, status_reason, authentication, keys and thumbprints; bumps etag.
+    virtual registry_result update_device(device_identity& device, std::string_view if_match) = 0;
+    virtual registry_result delete_device(std::string_view device_id, std::string_view if_match) = 0;
+
+    // Connection state, written by the relay as control connections come and go.
+    virtual void set_connection_state(std::string_view device_id, bool connected) = 0;
+    virtual void mark_all_disconnected() = 0;
+
+    virtual std::optional<access_policy> find_policy(std::string_view name) = 0;
+    virtual std::vector<access_policy> list_policies() = 0;
+
+    // Small key/value settings (hub name, last listen address, ...).
+    virtual std::optional<std::string> get_setting(std::string_view key) = 0;
+    virtual void set_setting(std::string_view key, std::string_view value) = 0;
+
+    // Changes whenever another process commits to the registry (SQLite's PRAGMA data_version),
+    // so the relay notices admin commands run beside it.
+    virtual std::uint64_t external_change_counter() = 0;
+};
+
+// Opens (creating on first use, with WAL, 0600) <file>. A new database gets the five default
+// shared access policies with fresh keys: iothubowner (all four permissions), service
+// (ServiceConnect), device (DeviceConnect), registryRead (RegistryRead), registryReadWrite
+// (RegistryRead|RegistryWrite). Throws std::runtime_error with a clear message on failure.
+std::unique_ptr<registry> open_sqlite_registry(const std::filesystem::path& file);
+
+std::string utc_now_iso8601();
+
+} // namespace sg::relay

@@ -1,0 +1,472 @@
+// The embedded registry: one SQLite file shared by the relay and the admin commands run beside
+// it, so every write is its own IMMEDIATE transaction and SQLITE_BUSY is absorbed by busy_timeout.
+#include "relay/registry.hpp"
+
+#include "common/crypto.hpp"
+
+#include <sqlite3.h>
+
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <mutex>
+#include <stdexcept>
+#include <utility>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace sg::relay {
+
+namespace {
+constexpr std::pair<device_status, std::string_view> status_names[] = {
+    {device_status::enabled, "enabled"}, {device_status::disabled, "disabled"}};
+constexpr std::pair<auth_type, std::string_view> auth_names[] = {
+    {auth_type::sas, "sas"}, {auth_type::self_signed, "selfSigned"},
+    {auth_type::certificate_authority, "certificateAuthority"}};
+
+template <class E, std::size_t N>
+std::string_view name_of(const std::pair<E, std::string_view> (&table)[N], E value)
+{
+    for (const auto& [v, name] : table)
+        if (v == value) return name;
+    return table[0].second;
+}
+
+template <class E, std::size_t N>
+std::optional<E> value_of(const std::pair<E, std::string_view> (&table)[N], std::string_view name)
+{
+    for (const auto& [v, n] : table)
+        if (n == name) return v;
+    return std::nullopt;
+}
+} // namespace
+
+std::string_view to_string(device_status s) { return name_of(status_names, s); }
+std::string_view to_string(auth_type a) { return name_of(auth_names, a); }
+std::optional<device_status> parse_device_status(std::string_view s) { return value_of(status_names, s); }
+std::optional<auth_type> parse_auth_type(std::string_view s) { return value_of(auth_names, s); }
+
+std::string permissions_to_string(unsigned permissions)
+{
+    static constexpr std::pair<unsigned, const char*> names[] = {
+        {permission::registry_read, "RegistryRead"},
+        {permission::registry_write, "RegistryWrite"},
+        {permission::service_connect, "ServiceConnect"},
+        {permission::device_connect, "DeviceConnect"},
+    };
+    std::string out;
+    for (const auto& [bit, name] : names) {
+        if (!(permissions & bit)) continue;
+        if (!out.empty()) out += ", ";
+        out += name;
+    }
+    return out;
+}
+
+std::string utc_now_iso8601()
+{
+    std::time_t now = std::time(nullptr);
+    std::tm tm{};
+    gmtime_r(&now, &tm);
+    char buf[32];
+    std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    return buf;
+}
+
+namespace {
+
+constexpr int schema_version = 1;
+
+// Created in one transaction with the default policies, so a half-initialised file never exists.
+constexpr const char* schema_sql = R"sql(
+CREATE TABLE devices (
+    device_id TEXT PRIMARY KEY NOT NULL, generation_id TEXT NOT NULL, etag TEXT NOT NULL,
+    status TEXT NOT NULL, status_reason TEXT NOT NULL, auth_type TEXT NOT NULL,
+    primary_key TEXT NOT NULL, secondary_key TEXT NOT NULL,
+    primary_thumbprint TEXT NOT NULL, secondary_thumbprint TEXT NOT NULL,
+    connected INTEGER NOT NULL, connection_state_updated_time TEXT NOT NULL,
+    status_updated_time TEXT NOT NULL, last_activity_time TEXT NOT NULL
+);
+CREATE TABLE policies (
+    name TEXT PRIMARY KEY NOT NULL, primary_key TEXT NOT NULL, secondary_key TEXT NOT NULL,
+    permissions INTEGER NOT NULL
+);
+CREATE TABLE settings (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
+)sql";
+
+constexpr const char* device_columns =
+    "device_id, generation_id, etag, status, status_reason, auth_type, primary_key, secondary_key, "
+    "primary_thumbprint, secondary_thumbprint, connected, connection_state_updated_time, "
+    "status_updated_time, last_activity_time";
+
+// IoT Hub shows generation ids as long decimal numbers; the value is only compared, never parsed.
+std::string new_generation_id()
+{
+    std::string bytes = random_bytes(8);
+    std::uint64_t v = 0;
+    for (unsigned char c : bytes) v = (v << 8) | c;
+    std::string digits = std::to_string(v % 1'000'000'000'000'000'000ULL);
+    return "6" + std::string(18 - digits.size(), '0') + digits;
+}
+
+std::string new_etag() { return random_token(9); }
+
+bool etag_matches(std::string_view if_match, std::string_view stored)
+{
+    return if_match.empty() || if_match == "*" || if_match == stored;
+}
+
+// Creates the missing directories of `dir` as 0700: they will hold key material.
+void create_private_dirs(const std::filesystem::path& dir)
+{
+    if (dir.empty() || std::filesystem::exists(dir)) return;
+    create_private_dirs(dir.parent_path());
+    if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
+        throw std::runtime_error("registry: cannot create directory " + dir.string() + ": " +
+                                 std::strerror(errno));
+}
+
+class statement {
+public:
+    statement(sqlite3* db, const char* sql) : db_(db)
+    {
+        if (sqlite3_prepare_v2(db, sql, -1, &stmt_, nullptr) != SQLITE_OK) stmt_ = nullptr;
+    }
+    ~statement() { sqlite3_finalize(stmt_); }
+    statement(statement&& o) noexcept : db_(o.db_), stmt_(std::exchange(o.stmt_, nullptr)) {}
+    statement(const statement&) = delete;
+    statement& operator=(const statement&) = delete;
+
+    bool ok() const { return stmt_ != nullptr; }
+    statement& bind(int i, std::string_view t)
+    {
+        sqlite3_bind_text(stmt_, i, t.data(), static_cast<int>(t.size()), SQLITE_TRANSIENT);
+        return *this;
+    }
+    statement& bind(int i, std::int64_t v) { sqlite3_bind_int64(stmt_, i, v); return *this; }
+    int step() { return stmt_ ? sqlite3_step(stmt_) : sqlite3_errcode(db_); }
+    std::string text(int col) const
+    {
+        auto p = reinterpret_cast<const char*>(sqlite3_column_text(stmt_, col));
+        return p ? std::string(p, static_cast<std::size_t>(sqlite3_column_bytes(stmt_, col))) : std::string();
+    }
+    std::int64_t integer(int col) const { return sqlite3_column_int64(stmt_, col); }
+
+private:
+    sqlite3* db_;
+    sqlite3_stmt* stmt_ = nullptr;
+};
+
+device_identity read_device(const statement& s)
+{
+    device_identity d;
+    d.device_id = s.text(0), d.generation_id = s.text(1), d.etag = s.text(2);
+    d.status = parse_device_status(s.text(3)).value_or(device_status::disabled);
+    d.status_reason = s.text(4);
+    d.authentication = parse_auth_type(s.text(5)).value_or(auth_type::sas);
+    d.primary_key = s.text(6), d.secondary_key = s.text(7);
+    d.primary_thumbprint = s.text(8), d.secondary_thumbprint = s.text(9);
+    d.connected = s.integer(10) != 0;
+    d.connection_state_updated_time = s.text(11), d.status_updated_time = s.text(12);
+    d.last_activity_time = s.text(13);
+    return d;
+}
+
+class sqlite_registry final : public registry {
+public:
+    explicit sqlite_registry(std::filesystem::path file) : file_(std::move(file)) { open(); }
+
+    std::optional<device_identity> find_device(std::string_view device_id) override
+    {
+        std::lock_guard lock(mutex_);
+        return find_locked(device_id);
+    }
+
+    std::vector<device_identity> list_devices() override
+    {
+        std::lock_guard lock(mutex_);
+        auto s = prepare(("SELECT " + std::string(device_columns) + " FROM devices ORDER BY device_id").c_str());
+        std::vector<device_identity> out;
+        for_each_row(s, "list devices", [&] { out.push_back(read_device(s)); });
+        return out;
+    }
+
+    registry_result create_device(device_identity& device) override
+    {
+        std::lock_guard lock(mutex_);
+        const std::string now = utc_now_iso8601();
+        device_identity d = device;
+        d.generation_id = new_generation_id();
+        d.etag = new_etag();
+        if (d.authentication == auth_type::sas) {
+            if (d.primary_key.empty()) d.primary_key = random_key_base64(32);
+            if (d.secondary_key.empty()) d.secondary_key = random_key_base64(32);
+        }
+        d.connected = false;
+        d.connection_state_updated_time = d.status_updated_time = d.last_activity_time = now;
+
+        auto s = prepare(("INSERT INTO devices (" + std::string(device_columns) +
+                          ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)").c_str());
+        s.bind(1, d.device_id).bind(2, d.generation_id).bind(3, d.etag).bind(4, to_string(d.status));
+        s.bind(5, d.status_reason).bind(6, to_string(d.authentication));
+        s.bind(7, d.primary_key).bind(8, d.secondary_key);
+        s.bind(9, d.primary_thumbprint).bind(10, d.secondary_thumbprint);
+        s.bind(11, std::int64_t{0}).bind(12, now).bind(13, now).bind(14, now);
+        int rc = s.step();
+        if (rc == SQLITE_CONSTRAINT_PRIMARYKEY) // extended result codes are on
+            return registry_result::already_exists;
+        check_done(rc, "create device");
+        device = std::move(d);
+        return registry_result::ok;
+    }
+
+    registry_result update_device(device_identity& device, std::string_view if_match) override
+    {
+        std::lock_guard lock(mutex_);
+        transaction tx(*this);
+        auto stored = find_locked(device.device_id);
+        if (!stored) return registry_result::not_found;
+        if (!etag_matches(if_match, stored->etag)) return registry_result::etag_mismatch;
+
+        device_identity d = device;
+        // An sas device always has keys: an update that omits them keeps the stored ones.
+        if (d.authentication == auth_type::sas) {
+            if (d.primary_key.empty())
+                d.primary_key = stored->primary_key.empty() ? random_key_base64(32) : stored->primary_key;
+            if (d.secondary_key.empty())
+                d.secondary_key = stored->secondary_key.empty() ? random_key_base64(32) : stored->secondary_key;
+        }
+        d.generation_id = stored->generation_id;
+        d.etag = new_etag();
+        d.connected = stored->connected;
+        d.connection_state_updated_time = stored->connection_state_updated_time;
+        d.last_activity_time = stored->last_activity_time;
+        d.status_updated_time = d.status != stored->status ? utc_now_iso8601() : stored->status_updated_time;
+
+        auto s = prepare("UPDATE devices SET etag = ?2, status = ?3, status_reason = ?4, auth_type = ?5, "
+                         "primary_key = ?6, secondary_key = ?7, primary_thumbprint = ?8, "
+                         "secondary_thumbprint = ?9, status_updated_time = ?10 WHERE device_id = ?1");
+        s.bind(1, d.device_id).bind(2, d.etag).bind(3, to_string(d.status)).bind(4, d.status_reason);
+        s.bind(5, to_string(d.authentication)).bind(6, d.primary_key).bind(7, d.secondary_key);
+        s.bind(8, d.primary_thumbprint).bind(9, d.secondary_thumbprint).bind(10, d.status_updated_time);
+        check_done(s.step(), "update device");
+        tx.commit();
+        device = std::move(d);
+        return registry_result::ok;
+    }
+
+    registry_result delete_device(std::string_view device_id, std::string_view if_match) override
+    {
+        std::lock_guard lock(mutex_);
+        transaction tx(*this);
+        auto stored = find_locked(device_id);
+        if (!stored) return registry_result::not_found;
+        if (!etag_matches(if_match, stored->etag)) return registry_result::etag_mismatch;
+        auto s = prepare("DELETE FROM devices WHERE device_id = ?1");
+        s.bind(1, device_id);
+        check_done(s.step(), "delete device");
+        tx.commit();
+        return registry_result::ok;
+    }
+
+    void set_connection_state(std::string_view device_id, bool connected) override
+    {
+        std::lock_guard lock(mutex_);
+        const std::string now = utc_now_iso8601();
+        auto s = prepare("UPDATE devices SET connected = ?2, connection_state_updated_time = ?3, "
+                         "last_activity_time = ?3 WHERE device_id = ?1");
+        s.bind(1, device_id).bind(2, std::int64_t{connected ? 1 : 0}).bind(3, now);
+        check_done(s.step(), "set connection state");
+    }
+
+    void mark_all_disconnected() override
+    {
+        std::lock_guard lock(mutex_);
+        auto s = prepare("UPDATE devices SET connected = 0, connection_state_updated_time = ?1 WHERE connected <> 0");
+        s.bind(1, utc_now_iso8601());
+        check_done(s.step(), "mark devices disconnected");
+    }
+
+    std::optional<access_policy> find_policy(std::string_view name) override
+    {
+        std::lock_guard lock(mutex_);
+        auto s = prepare("SELECT name, primary_key, secondary_key, permissions FROM policies WHERE name = ?1");
+        s.bind(1, name);
+        std::optional<access_policy> out;
+        for_each_row(s, "find policy", [&] { out = read_policy(s); });
+        return out;
+    }
+
+    std::vector<access_policy> list_policies() override
+    {
+        std::lock_guard lock(mutex_);
+        auto s = prepare("SELECT name, primary_key, secondary_key, permissions FROM policies ORDER BY name");
+        std::vector<access_policy> out;
+        for_each_row(s, "list policies", [&] { out.push_back(read_policy(s)); });
+        return out;
+    }
+
+    std::optional<std::string> get_setting(std::string_view key) override
+    {
+        std::lock_guard lock(mutex_);
+        auto s = prepare("SELECT value FROM settings WHERE key = ?1");
+        s.bind(1, key);
+        std::optional<std::string> out;
+        for_each_row(s, "read setting", [&] { out = s.text(0); });
+        return out;
+    }
+
+    void set_setting(std::string_view key, std::string_view value) override
+    {
+        std::lock_guard lock(mutex_);
+        auto s = prepare("INSERT INTO settings (key, value) VALUES (?1, ?2) "
+                         "ON CONFLICT(key) DO UPDATE SET value = excluded.value");
+        s.bind(1, key).bind(2, value);
+        check_done(s.step(), "write setting");
+    }
+
+    std::uint64_t external_change_counter() override
+    {
+        std::lock_guard lock(mutex_);
+        auto s = prepare("PRAGMA data_version");
+        int rc = s.step();
+        if (rc != SQLITE_ROW) fail("read data_version");
+        return static_cast<std::uint64_t>(s.integer(0));
+    }
+
+private:
+    // BEGIN IMMEDIATE takes the write lock up front (waiting via busy_timeout); a deferred
+    // read-then-write transaction could instead fail with SQLITE_BUSY_SNAPSHOT without waiting.
+    class transaction {
+    public:
+        explicit transaction(sqlite_registry& r) : r_(r) { r_.exec("BEGIN IMMEDIATE", "begin transaction"); }
+        ~transaction() { if (!done_) sqlite3_exec(r_.db(), "ROLLBACK", nullptr, nullptr, nullptr); }
+        void commit() { r_.exec("COMMIT", "commit"); done_ = true; }
+
+    private:
+        sqlite_registry& r_;
+        bool done_ = false;
+    };
+
+    void open()
+    {
+        create_private_dirs(file_.parent_path());
+        // SQLite creates -wal and -shm with the main file's mode, so creating it 0600 first
+        // covers all three without touching the process-wide umask.
+        int fd = ::open(file_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (fd < 0) throw std::runtime_error("registry " + file_.string() + ": cannot open: " + std::strerror(errno));
+        ::fchmod(fd, 0600);
+        ::close(fd);
+        for (const char* suffix : {"-wal", "-shm"}) ::chmod((file_.string() + suffix).c_str(), 0600);
+
+        sqlite3* raw = nullptr;
+        int rc = sqlite3_open_v2(file_.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                                 nullptr);
+        db_.reset(raw); // closed even when open fails: sqlite hands back a handle for the message
+        if (rc != SQLITE_OK) fail("cannot open");
+        sqlite3_extended_result_codes(db(), 1);
+        exec("PRAGMA busy_timeout=5000", "set busy_timeout");
+        exec("PRAGMA journal_mode=WAL", "enable WAL");
+        exec("PRAGMA synchronous=NORMAL", "set synchronous");
+        exec("PRAGMA foreign_keys=ON", "enable foreign keys");
+
+        transaction tx(*this);
+        int version = user_version();
+        if (version == 0) {
+            exec(schema_sql, "create schema");
+            add_default_policies();
+            exec(("PRAGMA user_version=" + std::to_string(schema_version)).c_str(), "set schema version");
+        } else if (version > schema_version) {
+            throw std::runtime_error("registry " + file_.string() + ": schema version " + std::to_string(version) +
+                                     " is newer than this program supports (" + std::to_string(schema_version) + ")");
+        }
+        tx.commit();
+    }
+
+    int user_version()
+    {
+        auto s = prepare("PRAGMA user_version");
+        if (s.step() != SQLITE_ROW) fail("read schema version");
+        return static_cast<int>(s.integer(0));
+    }
+
+    void add_default_policies()
+    {
+        using namespace permission;
+        const std::pair<const char*, unsigned> defaults[] = {
+            {"iothubowner", registry_read | registry_write | service_connect | device_connect},
+            {"service", service_connect}, {"device", device_connect}, {"registryRead", registry_read},
+            {"registryReadWrite", registry_read | registry_write},
+        };
+        for (const auto& [name, perms] : defaults) {
+            auto s = prepare("INSERT INTO policies (name, primary_key, secondary_key, permissions) VALUES (?1, ?2, ?3, ?4)");
+            s.bind(1, name).bind(2, random_key_base64(32)).bind(3, random_key_base64(32)).bind(4, std::int64_t{perms});
+            check_done(s.step(), "create default policies");
+        }
+    }
+
+    static access_policy read_policy(const statement& s)
+    {
+        return {s.text(0), s.text(1), s.text(2), static_cast<unsigned>(s.integer(3))};
+    }
+
+    std::optional<device_identity> find_locked(std::string_view device_id)
+    {
+        auto s = prepare(("SELECT " + std::string(device_columns) + " FROM devices WHERE device_id = ?1").c_str());
+        s.bind(1, device_id);
+        std::optional<device_identity> out;
+        for_each_row(s, "find device", [&] { out = read_device(s); });
+        return out;
+    }
+
+    statement prepare(const char* sql)
+    {
+        statement s(db(), sql);
+        if (!s.ok()) fail("prepare statement");
+        return s;
+    }
+
+    void exec(const char* sql, const char* what)
+    {
+        if (sqlite3_exec(db(), sql, nullptr, nullptr, nullptr) != SQLITE_OK) fail(what);
+    }
+
+    // Steps through every row; anything but a clean end is an error.
+    template <class F> void for_each_row(statement& s, const char* what, F&& on_row)
+    {
+        int rc;
+        while ((rc = s.step()) == SQLITE_ROW) on_row();
+        check_done(rc, what);
+    }
+
+    void check_done(int rc, const char* what)
+    {
+        if (rc != SQLITE_DONE) fail(what);
+    }
+
+    [[noreturn]] void fail(const char* what)
+    {
+        std::string msg = db_ ? sqlite3_errmsg(db()) : "out of memory";
+        throw std::runtime_error("registry " + file_.string() + ": " + what + ": " + msg);
+    }
+
+    sqlite3* db() const { return db_.get(); }
+
+    struct closer {
+        void operator()(sqlite3* db) const { sqlite3_close_v2(db); }
+    };
+    std::filesystem::path file_;
+    std::unique_ptr<sqlite3, closer> db_;
+    // One connection per object: the mutex also keeps a transaction's statements together.
+    std::mutex mutex_;
+};
+
+} // namespace
+
+std::unique_ptr<registry> open_sqlite_registry(const std::filesystem::path& file)
+{
+    return std::make_unique<sqlite_registry>(file);
+}
+
+} // namespace sg::relay

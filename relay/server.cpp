@@ -1,0 +1,340 @@
+// The relay's listener and HTTP sessions: TLS handshake, one request at a time, then either a
+// REST answer or a hand-off to the control channel or the streaming endpoint.
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/json.hpp>
+#include <thread>
+#include "common/crypto.hpp"
+#include "common/connection_string.hpp"
+#include "common/log.hpp"
+#include "common/tls.hpp"
+#include "relay/certificates.hpp"
+#include "relay/data_dir.hpp"
+#include "relay/device_json.hpp"
+#include "relay/internal.hpp"
+
+namespace sg::relay {
+namespace json = boost::json;
+
+namespace {
+
+constexpr std::size_t max_header_bytes = 16 * 1024;
+constexpr std::size_t max_body_bytes = 64 * 1024;
+constexpr auto keep_alive_idle = std::chrono::seconds(60);
+
+std::string endpoint_text(const tcp::endpoint& ep)
+{
+    auto a = ep.address();
+    return (a.is_v6() ? "[" + a.to_string() + "]" : a.to_string()) + ":" + std::to_string(ep.port());
+}
+
+http::response<http::string_body> json_response(const request_type& req, http::status status, const json::value& body)
+{
+    http::response<http::string_body> res{status, req.version()};
+    res.set(http::field::content_type, "application/json; charset=utf-8");
+    res.keep_alive(req.keep_alive());
+    res.body() = json::serialize(body);
+    res.prepare_payload();
+    return res;
+}
+
+http::response<http::string_body> handle_device(relay_state& state, const request_type& req, const route& r)
+{
+    bool read_only = req.method() == http::verb::get;
+    if (!read_only && req.method() != http::verb::put && req.method() != http::verb::delete_)
+        return error_response(req, codes::method_not_allowed, "use GET, PUT or DELETE on /devices/{id}");
+    auto path = "/devices/" + r.device_id;
+    if (auto f = state.auth->authorize_policy(req[http::field::authorization],
+                                              read_only ? permission::registry_read : permission::registry_write, path))
+        return error_response(req, f.code, f.message);
+    std::string if_match(req[http::field::if_match]);
+    if (if_match.size() >= 2 && if_match.front() == '"' && if_match.back() == '"')
+        if_match = if_match.substr(1, if_match.size() - 2);
+
+    if (req.method() == http::verb::get) {
+        auto d = state.reg->find_device(r.device_id);
+        if (!d)
+            return error_response(req, codes::device_not_found, "device not found");
+        return json_response(req, http::status::ok, to_json(*d));
+    }
+    if (req.method() == http::verb::delete_) {
+        auto result = state.reg->delete_device(r.device_id, if_match);
+        if (result == registry_result::not_found)
+            return error_response(req, codes::device_not_found, "device not found");
+        if (result == registry_result::etag_mismatch)
+            return error_response(req, codes::precondition_failed, "If-Match does not match the device's etag");
+        state.log->info("event=RegistryChange op=delete device={}", r.device_id);
+        if (auto channel = state.find_device(r.device_id))
+            channel->close(codes::unauthorized, "device was deleted");
+        http::response<http::string_body> res{http::status::no_content, req.version()};
+        res.keep_alive(req.keep_alive());
+        return res;
+    }
+    json::error_code ec;
+    auto body = json::parse(req.body(), ec);
+    if (ec)
+        return error_response(req, codes::bad_request, "body is not valid JSON");
+    auto existing = state.reg->find_device(r.device_id);
+    device_identity d = existing ? *existing : device_identity{};
+    d.device_id = r.device_id;
+    if (auto error = apply_json(d, body); !error.empty())
+        return error_response(req, codes::bad_request, error);
+    if (!existing) {
+        if (!if_match.empty() && if_match != "*")
+            return error_response(req, codes::device_not_found, "device not found");
+        if (state.reg->create_device(d) == registry_result::already_exists)
+            return error_response(req, codes::already_exists, "device already exists");
+        state.log->info("event=RegistryChange op=create device={}", r.device_id);
+        return json_response(req, http::status::ok, to_json(d));
+    }
+    auto result = state.reg->update_device(d, if_match);
+    if (result == registry_result::etag_mismatch)
+        return error_response(req, codes::precondition_failed, "If-Match does not match the device's etag");
+    if (result == registry_result::not_found)
+        return error_response(req, codes::device_not_found, "device not found");
+    state.log->info("event=RegistryChange op=update device={} status={}", r.device_id, to_string(d.status));
+    if (d.status == device_status::disabled)
+        if (auto channel = state.find_device(r.device_id))
+            channel->close(codes::unauthorized, "device is disabled");
+    return json_response(req, http::status::ok, to_json(d));
+}
+
+asio::awaitable<http::response<http::string_body>> handle_rest(std::shared_ptr<relay_state> state, const request_type& req,
+                                                               const route& r)
+{
+    switch (r.kind) {
+    case route_kind::create_stream:
+        if (req.method() != http::verb::post)
+            co_return error_response(req, codes::method_not_allowed, "use POST to create a stream");
+        {
+            auto res = co_await open_stream(state, req, r);
+            co_return res;
+        }
+    case route_kind::device:
+        co_return handle_device(*state, req, r);
+    case route_kind::device_list: {
+        if (req.method() != http::verb::get)
+            co_return error_response(req, codes::method_not_allowed, "use GET on /devices");
+        if (auto f = state->auth->authorize_policy(req[http::field::authorization], permission::registry_read, "/devices"))
+            co_return error_response(req, f.code, f.message);
+        json::array list;
+        for (auto& d : state->reg->list_devices())
+            list.push_back(to_json(d));
+        co_return json_response(req, http::status::ok, list);
+    }
+    case route_kind::invalid:
+        co_return error_response(req, r.reason == "invalid device id" ? codes::invalid_device_id : codes::bad_request, r.reason);
+    case route_kind::device_control:
+    case route_kind::bridge:
+        co_return error_response(req, codes::bad_request, "this endpoint needs a WebSocket upgrade");
+    case route_kind::not_found:
+        break;
+    }
+    co_return error_response(req, codes::route_not_found, "no such endpoint");
+}
+
+} // namespace
+
+http::response<http::string_body> error_response(const request_type& req, int code, std::string_view message)
+{
+    http::response<http::string_body> res{static_cast<http::status>(http_status_of(code)), req.version()};
+    res.set(http::field::content_type, "application/json; charset=utf-8");
+    res.keep_alive(req.keep_alive() && code / 1000 != 400);
+    res.body() = protocol::error_body(code, message);
+    res.prepare_payload();
+    return res;
+}
+
+asio::awaitable<void> serve_connection(std::shared_ptr<relay_state> state, tcp::socket socket)
+{
+    error_code ec;
+    auto remote = socket.remote_endpoint(ec);
+    std::string peer = ec ? "?" : endpoint_text(remote);
+    socket.set_option(tcp::no_delay(true), ec);
+    tls_stream stream(std::move(socket), *state->tls);
+    auto& tcp_layer = beast::get_lowest_layer(stream);
+    // One deadline covers TLS handshake and the first request: a client that stalls is cut off.
+    tcp_layer.expires_after(state->options.handshake_timeout);
+    auto [hec] = co_await stream.async_handshake(asio::ssl::stream_base::server, use_nothrow);
+    if (hec) {
+        state->log->debug("peer={} TLS handshake failed: {}", peer, hec.message());
+        co_return;
+    }
+    beast::flat_buffer buffer;
+    for (bool first = true;; first = false) {
+        http::request_parser<http::string_body> parser;
+        parser.header_limit(max_header_bytes);
+        parser.body_limit(max_body_bytes);
+        if (!first)
+            tcp_layer.expires_after(keep_alive_idle);
+        auto [rec, n] = co_await http::async_read(stream, buffer, parser, use_nothrow);
+        if (rec) {
+            if (rec != http::error::end_of_stream && !is_benign(rec))
+                state->log->info("peer={} bad request: {}", peer, rec.message());
+            if (rec == http::error::header_limit || rec == http::error::body_limit || rec == http::error::bad_target ||
+                rec.category() == http::make_error_code(http::error::bad_method).category()) {
+                request_type dummy;
+                auto res = error_response(dummy, codes::bad_request, "malformed or oversized request: " + rec.message());
+                res.keep_alive(false);
+                co_await http::async_write(stream, res, use_nothrow);
+            }
+            break;
+        }
+        request_type req = parser.release();
+        route r = match_route(req.target());
+        if (websocket::is_upgrade(req) && (r.kind == route_kind::device_control || r.kind == route_kind::bridge)) {
+            tcp_layer.expires_never();
+            if (r.kind == route_kind::device_control)
+                co_await serve_control(state, std::move(stream), std::move(req), std::move(r), peer);
+            else
+                co_await serve_bridge(state, std::move(stream), std::move(req), std::move(r), peer);
+            co_return;
+        }
+        auto res = co_await handle_rest(state, req, r);
+        tcp_layer.expires_after(std::chrono::seconds(30));
+        auto [wec, wn] = co_await http::async_write(stream, res, use_nothrow);
+        if (wec || !res.keep_alive())
+            break;
+    }
+    tcp_layer.expires_after(std::chrono::seconds(5));
+    co_await stream.async_shutdown(use_nothrow);
+}
+
+} // namespace sg::relay
+
+namespace sg::relay {
+
+namespace {
+
+asio::awaitable<void> accept_loop(std::shared_ptr<relay_state> state, tcp::acceptor& acceptor, asio::io_context& ioc)
+{
+    while (!state->stopping) {
+        auto [ec, socket] = co_await acceptor.async_accept(asio::make_strand(ioc), use_nothrow);
+        if (ec) {
+            if (ec == asio::error::operation_aborted || state->stopping)
+                co_return;
+            // Out of descriptors and the like: keep serving the connections we have.
+            state->log->warn("accept failed: {}", ec.message());
+            asio::steady_timer pause(acceptor.get_executor(), std::chrono::milliseconds(100));
+            co_await pause.async_wait(use_nothrow);
+            continue;
+        }
+        auto ex = socket.get_executor();
+        asio::co_spawn(ex, serve_connection(state, std::move(socket)), asio::detached);
+    }
+}
+
+asio::awaitable<void> housekeeping(std::shared_ptr<relay_state> state)
+{
+    asio::steady_timer timer(co_await asio::this_coro::executor);
+    while (!state->stopping) {
+        timer.expires_after(std::chrono::seconds(1));
+        co_await timer.async_wait(use_nothrow);
+        state->expire_streams();
+    }
+}
+
+} // namespace
+
+int run_relay(const relay_options& options)
+{
+    auto log = make_logger("relay", options.verbose);
+    auto state = std::make_shared<relay_state>();
+    state->options = options;
+    state->log = log;
+    auto listen = parse_listen_address(options.listen);
+    state->reg = open_registry(options.data_dir);
+    state->hub_name = hub_name(*state->reg);
+
+    asio::io_context ioc(options.threads ? options.threads : std::max(1u, std::thread::hardware_concurrency()));
+    tcp::acceptor acceptor(ioc);
+    error_code ec;
+    auto address = listen.host.empty() ? asio::ip::address_v6::any() : asio::ip::make_address(listen.host, ec);
+    if (ec)
+        throw config_error("--listen: \"" + listen.host + "\" is not an IP address");
+    tcp::endpoint endpoint(address, listen.port);
+    acceptor.open(endpoint.protocol());
+    acceptor.set_option(tcp::acceptor::reuse_address(true));
+    acceptor.bind(endpoint, ec);
+    if (ec)
+        throw std::runtime_error("cannot listen on " + options.listen + ": " + ec.message());
+    acceptor.listen(asio::socket_base::max_listen_connections);
+    auto port = acceptor.local_endpoint().port();
+
+    state->host_name = public_host_name(options.host_name, listen.host, port);
+    state->reg->set_setting("host_name", state->host_name);
+    state->reg->mark_all_disconnected();
+
+    std::filesystem::path cert, key;
+    if (options.cert && options.key) {
+        cert = *options.cert;
+        key = *options.key;
+    } else {
+        auto names = certificate_names(state->host_name);
+        if (!listen.is_wildcard())
+            names.push_back(listen.host);
+        auto files = ensure_relay_certificates(options.data_dir, names);
+        cert = files.certificate_chain;
+        key = files.private_key;
+    }
+    state->tls = std::make_shared<asio::ssl::context>(make_server_tls_context(cert, key, options.min_tls));
+
+    std::vector<std::string> names{"localhost", "127.0.0.1", "::1"};
+    for (auto& n : certificate_names(state->host_name))
+        names.push_back(n);
+    if (!listen.is_wildcard())
+        names.push_back(listen.host);
+    state->auth = std::make_unique<authenticator>(*state->reg, names, options.clock_skew);
+
+    asio::co_spawn(acceptor.get_executor(), accept_loop(state, acceptor, ioc), asio::detached);
+    asio::co_spawn(asio::make_strand(ioc), housekeeping(state), asio::detached);
+
+    asio::signal_set signals(ioc, SIGINT, SIGTERM);
+    signals.async_wait([&](const error_code& e, int signal) {
+        if (e)
+            return;
+        log->info("event=ShuttingDown signal={} activeStreams={}", signal, state->active_streams.load());
+        state->stopping = true;
+        error_code ignored;
+        acceptor.close(ignored);
+        std::vector<std::shared_ptr<control_channel>> channels;
+        {
+            std::lock_guard lock(state->devices_mutex);
+            for (auto& [id, ch] : state->devices)
+                channels.push_back(ch);
+        }
+        for (auto& ch : channels)
+            ch->close(codes::relay_shutting_down, "relay is shutting down");
+        // Live streams get the drain timeout to finish, then everything stops.
+        auto drain = std::make_shared<asio::steady_timer>(ioc);
+        auto deadline = std::chrono::steady_clock::now() + state->options.drain_timeout;
+        auto poll = std::make_shared<std::function<void()>>();
+        *poll = [&ioc, state, drain, deadline, poll, log] {
+            if (state->active_streams == 0 || std::chrono::steady_clock::now() >= deadline) {
+                log->info("event=Stopped activeStreams={}", state->active_streams.load());
+                ioc.stop();
+                return;
+            }
+            drain->expires_after(std::chrono::milliseconds(100));
+            drain->async_wait([poll](const error_code&) { (*poll)(); });
+        };
+        (*poll)();
+    });
+
+    log->info("event=Listening address={} hostName={} hub={} dataDir={}", endpoint_text(acceptor.local_endpoint()),
+              state->host_name, state->hub_name, options.data_dir.string());
+
+    std::vector<std::thread> threads;
+    unsigned count = options.threads ? options.threads : std::max(1u, std::thread::hardware_concurrency());
+    for (unsigned i = 1; i < count; ++i)
+        threads.emplace_back([&ioc] { ioc.run(); });
+    ioc.run();
+    for (auto& t : threads)
+        t.join();
+    state->reg->mark_all_disconnected();
+    return 0;
+}
+
+} // namespace sg::relay
