@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages Streamgate needs to build, run and test.
+# Boost comes from the versioned 1.81 packages: the unversioned ones pull 1.74 and conflict.
+set -euo pipefail
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+packages=(
+  g++ cmake ninja-build ccache pkg-config git
+  libboost1.81-dev libboost-json1.81-dev
+  libssl-dev openssl libspdlog-dev libsqlite3-dev sqlite3 libcli11-dev
+  catch2 libssh2-1-dev openssh-server openssh-client python3
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
