@@ -7,6 +7,17 @@ namespace json = boost::json;
 
 namespace {
 
+// Cuts text to at most max bytes without splitting a UTF-8 sequence (close reasons must stay valid UTF-8).
+std::string truncate_utf8(std::string_view text, std::size_t max)
+{
+    if (text.size() <= max)
+        return std::string(text);
+    std::size_t end = max;
+    while (end > 0 && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80)
+        --end;
+    return std::string(text.substr(0, end));
+}
+
 std::optional<json::object> parse_object(std::string_view text, std::string& error)
 {
     json::error_code ec;
@@ -46,7 +57,7 @@ bool check_type(const json::object& o, std::string_view type, std::string& error
     if (!get_string(o, "type", actual, error))
         return false;
     if (actual != type) {
-        error = "unexpected message type \"" + actual.substr(0, 32) + "\"";
+        error = "unexpected message type \"" + truncate_utf8(actual, 32) + "\"";
         return false;
     }
     return true;
@@ -116,19 +127,18 @@ failure parse_error_body(std::string_view body, int http_status)
         auto code = o->find("errorCode");
         std::string message;
         get_string(*o, "message", message, error, false);
-        if (code != o->end() && code->value().is_int64())
+        // A code outside the six-digit range is no code: fall back to the HTTP status.
+        if (code != o->end() && code->value().is_int64() && code->value().as_int64() >= 100000 &&
+            code->value().as_int64() <= 999999)
             return failure{static_cast<int>(code->value().as_int64()), message};
     }
-    std::string text(body.substr(0, 200));
+    std::string text = truncate_utf8(body, 200);
     return failure{http_status * 1000, "HTTP " + std::to_string(http_status) + (text.empty() ? "" : ": " + text)};
 }
 
 std::string close_reason_text(int code, std::string_view message)
 {
-    std::string text = failure{code, std::string(message)}.describe();
-    if (text.size() > 123)
-        text.resize(123);
-    return text;
+    return truncate_utf8(failure{code, std::string(message)}.describe(), 123);
 }
 
 failure parse_close_reason(std::string_view reason)

@@ -5,11 +5,19 @@
 namespace sg {
 
 namespace {
+liveness process_liveness;
+} // namespace
+
+void set_default_liveness(const liveness& l) { process_liveness = l; }
+const liveness& default_liveness() { return process_liveness; }
+
+namespace {
 void configure_common(wss_stream& ws, beast::role_type role, const liveness& l)
 {
     websocket::stream_base::timeout t{};
     t.handshake_timeout = l.handshake_timeout;
-    t.idle_timeout = l.idle_timeout;
+    // Beast pings after half the idle timeout and gives up after the whole of it.
+    t.idle_timeout = 2 * l.ping_interval;
     t.keep_alive_pings = true;
     ws.set_option(t);
     ws.set_option(websocket::permessage_deflate{}); // off: compression costs 40x throughput

@@ -11,6 +11,7 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/ssl.hpp>
 #include <boost/beast/websocket.hpp>
+#include "common/liveness.hpp"
 
 namespace sg {
 
@@ -31,17 +32,12 @@ constexpr std::size_t max_stream_message = 64 * 1024;
 // Control messages are small JSON documents.
 constexpr std::size_t max_control_message = 16 * 1024;
 
-struct liveness {
-    std::chrono::seconds handshake_timeout{30};
-    // A peer silent this long is pinged at half the time and dropped at the full time.
-    std::chrono::seconds idle_timeout{40};
-};
 
 // Options for a stream that carries raw bytes: binary, unfragmented 64 KiB messages,
 // no compression, keepalive pings.
-void configure_stream_websocket(wss_stream& ws, beast::role_type role, const liveness& l = {});
+void configure_stream_websocket(wss_stream& ws, beast::role_type role, const liveness& l = default_liveness());
 // Options for a control connection: text messages of at most max_control_message.
-void configure_control_websocket(wss_stream& ws, beast::role_type role, const liveness& l = {});
+void configure_control_websocket(wss_stream& ws, beast::role_type role, const liveness& l = default_liveness());
 
 // Normal endings of a connection that need no error log.
 bool is_benign(const error_code& ec);

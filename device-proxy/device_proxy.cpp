@@ -11,6 +11,7 @@
 #include "common/device_id.hpp"
 #include "common/log.hpp"
 #include "common/pump.hpp"
+#include "common/runtime.hpp"
 #include "common/tls.hpp"
 
 namespace sg::device_proxy {
@@ -46,6 +47,7 @@ struct proxy_state {
     asio::io_context* ioc = nullptr;
     pump_counters traffic;
     std::atomic<bool> stopping{false};
+    std::atomic<std::size_t> active_streams{0};
     std::shared_ptr<client::device_connection> connection;
     std::mutex connection_mutex;
     int exit_code = 0;
@@ -57,6 +59,10 @@ asio::awaitable<void> serve_stream(std::shared_ptr<proxy_state> state, std::shar
                                    client::incoming_stream_request req)
 {
     auto& log = *state->log;
+    if (state->stopping) {
+        conn->reject(req, "device proxy is shutting down");
+        co_return;
+    }
     target t = state->opts.default_target;
     if (!state->opts.services.empty()) {
         auto it = state->opts.services.find(req.stream_name);
@@ -105,7 +111,9 @@ asio::awaitable<void> serve_stream(std::shared_ptr<proxy_state> state, std::shar
     }
     log.info("stream={} streamId={} established to {}", req.stream_name, req.stream_id, describe(t));
     auto started = std::chrono::steady_clock::now();
+    state->active_streams++;
     auto result = co_await pump(tcp_end(socket), ws_end(ws), max_stream_message, &state->traffic);
+    state->active_streams--;
     log.info("stream={} streamId={} closed: sent={} received={} durationS={:.3f} result={}", req.stream_name, req.stream_id,
              result.bytes_a_to_b, result.bytes_b_to_a,
              std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count(),
@@ -198,7 +206,7 @@ int run(const options& o)
     state->opts = o;
     state->log = make_logger("device-proxy", o.verbose);
     state->tls = std::make_shared<asio::ssl::context>(make_client_tls_context(o.ca_file));
-    unsigned threads = o.threads ? o.threads : std::max(1u, std::thread::hardware_concurrency());
+    unsigned threads = thread_count(o.threads);
     asio::io_context ioc(static_cast<int>(threads));
     state->ioc = &ioc;
 
@@ -206,21 +214,18 @@ int run(const options& o)
     if (o.stats_interval.count() > 0)
         asio::co_spawn(asio::make_strand(ioc), report_traffic(state), asio::detached);
 
-    asio::signal_set signals(ioc, SIGINT, SIGTERM);
-    signals.async_wait([&](const error_code& ec, int signal) {
-        if (ec)
-            return;
-        state->log->info("signal {}: closing the control connection and exiting", signal);
+    graceful_stop stop;
+    stop.drain_timeout = o.drain_timeout;
+    stop.active = [state] { return static_cast<std::size_t>(state->active_streams.load()); };
+    stop.begin = [state](int signal) {
+        state->log->info("signal {}: closing the control connection; {} live stream(s) may finish", signal,
+                         state->active_streams.load());
         state->stopping = true;
-        ioc.stop();
-    });
-
-    std::vector<std::thread> pool;
-    for (unsigned i = 1; i < threads; ++i)
-        pool.emplace_back([&ioc] { ioc.run(); });
-    ioc.run();
-    for (auto& t : pool)
-        t.join();
+        std::lock_guard lock(state->connection_mutex);
+        if (state->connection)
+            state->connection->close();
+    };
+    run_until_stopped(ioc, threads, std::move(stop), *state->log);
     return state->exit_code;
 }
 

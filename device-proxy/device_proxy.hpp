@@ -23,6 +23,7 @@ struct options {
     std::optional<std::filesystem::path> ca_file;
     std::chrono::seconds stats_interval{10};  // 0 = off
     std::chrono::seconds connect_timeout{10}; // to the local target
+    std::chrono::seconds drain_timeout{10};   // SIGTERM: time live streams get to finish
     bool exit_on_auth_failure = false;
     unsigned threads = 0;
     bool verbose = false;

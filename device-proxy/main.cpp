@@ -2,6 +2,7 @@
 #include <CLI/CLI.hpp>
 #include <cstdlib>
 #include <iostream>
+#include "common/liveness.hpp"
 #include "device-proxy/device_proxy.hpp"
 
 int main(int argc, char** argv)
@@ -25,6 +26,10 @@ int main(int argc, char** argv)
     app.add_option("--stats-interval", stats, "Seconds between traffic statistics lines (0 = off)")->capture_default_str();
     app.add_flag("--exit-on-auth-failure", o.exit_on_auth_failure, "Exit (code 3) when the relay refuses the credentials");
     app.add_option("--threads", o.threads, "I/O threads (default: one per core)");
+    int ping_interval = 20, drain = 10;
+    app.add_option("--ping-interval", ping_interval,
+                   "Seconds of silence before the relay is pinged; dead after two intervals")->capture_default_str();
+    app.add_option("--drain-timeout", drain, "Seconds live streams get to finish on SIGTERM")->capture_default_str();
     app.add_flag("-v,--verbose", o.verbose, "Debug logging");
     app.set_version_flag("--version", "streamgate-device-proxy 0.1.0");
     CLI11_PARSE(app, argc, argv);
@@ -48,6 +53,8 @@ int main(int argc, char** argv)
         if (!ca_file.empty())
             o.ca_file = ca_file;
         o.stats_interval = std::chrono::seconds(std::max(0, stats));
+        o.drain_timeout = std::chrono::seconds(std::max(0, drain));
+        sg::set_default_liveness(sg::liveness{std::chrono::seconds(30), std::chrono::seconds(std::max(1, ping_interval))});
         return dp::run(o);
     } catch (const sg::config_error& e) {
         std::cerr << "error: " << e.what() << "\n";

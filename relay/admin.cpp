@@ -32,7 +32,9 @@ opened open(const admin_options& o)
     out.reg = open_registry(o.data_dir);
     out.host_name = recorded_host_name(*out.reg, o.host_name);
     // The CA exists from the first command on, so clients can be given ca.pem right away.
-    ensure_relay_certificates(o.data_dir, certificate_names(out.host_name));
+    // A relay that already made its certificates is left alone (it may be running).
+    if (!std::filesystem::exists(o.data_dir / "server.pem"))
+        ensure_certificates(o.data_dir, certificate_names(out.host_name));
     return out;
 }
 

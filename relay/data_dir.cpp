@@ -3,7 +3,12 @@
 #include <algorithm>
 #include <charconv>
 #include <system_error>
+#include <cerrno>
+#include <cstring>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include "common/connection_string.hpp"
 
 namespace sg::relay {
@@ -41,11 +46,11 @@ std::string public_host_name(const std::string& explicit_name, const std::string
         host = l.is_wildcard() ? "localhost" : listen_host;
     }
     // A name given with its own port is kept as written.
-    bool has_port = host.front() == '[' ? host.find("]:") != std::string::npos
-                                        : std::count(host.begin(), host.end(), ':') == 1;
+    bool bracketed = host.front() == '[';
+    bool has_port = bracketed ? host.find("]:") != std::string::npos : std::count(host.begin(), host.end(), ':') == 1;
     if (has_port)
         return host;
-    if (host.find(':') != std::string::npos)
+    if (!bracketed && host.find(':') != std::string::npos)
         host = "[" + host + "]";
     return port == 443 ? host : host + ":" + std::to_string(port);
 }
@@ -81,10 +86,24 @@ std::vector<std::string> certificate_names(const std::string& host_name)
 {
     connection_string probe;
     probe.host_name = host_name;
+    return {probe.host()};
+}
+
+tls_files ensure_certificates(const std::filesystem::path& data_dir, const std::vector<std::string>& names)
+{
+    // The relay and admin commands may start at the same moment: one of them issues, the other
+    // waits and then finds the files in place.
+    int fd = ::open((data_dir / ".lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        throw std::runtime_error("cannot open " + (data_dir / ".lock").string() + ": " + std::strerror(errno));
+    ::flock(fd, LOCK_EX);
     try {
-        return {probe.host()};
-    } catch (const std::exception&) {
-        return {};
+        auto files = ensure_relay_certificates(data_dir, names);
+        ::close(fd);
+        return files;
+    } catch (...) {
+        ::close(fd);
+        throw;
     }
 }
 

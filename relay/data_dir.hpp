@@ -33,4 +33,7 @@ std::string hub_name(registry& reg);
 // The names the server certificate must carry for this host name.
 std::vector<std::string> certificate_names(const std::string& host_name);
 
+// ensure_relay_certificates under an exclusive lock on <data-dir>/.lock.
+tls_files ensure_certificates(const std::filesystem::path& data_dir, const std::vector<std::string>& names);
+
 } // namespace sg::relay

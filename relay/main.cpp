@@ -2,6 +2,7 @@
 #include <CLI/CLI.hpp>
 #include <iostream>
 #include "common/connection_string.hpp"
+#include "common/liveness.hpp"
 #include "relay/admin.hpp"
 #include "relay/relay.hpp"
 
@@ -31,6 +32,9 @@ int main(int argc, char** argv)
         ->capture_default_str();
     app.add_option("--handshake-timeout", handshake, "Seconds a client gets for TCP+TLS+HTTP request")->capture_default_str();
     app.add_option("--drain-timeout", drain, "Seconds live streams get to finish on SIGTERM")->capture_default_str();
+    int ping_interval = 20;
+    app.add_option("--ping-interval", ping_interval,
+                   "Seconds of silence before a WebSocket peer is pinged; dead after two intervals")->capture_default_str();
     app.add_flag("-v,--verbose", options.verbose, "Debug logging");
     app.set_version_flag("--version", "streamgate-relay 0.1.0");
     app.require_subcommand(0, 1);
@@ -65,6 +69,7 @@ int main(int argc, char** argv)
     options.min_tls = min_tls == "1.3" ? sg::tls_version::v1_3 : sg::tls_version::v1_2;
     options.drain_timeout = std::chrono::seconds(drain);
     options.handshake_timeout = std::chrono::seconds(handshake);
+    sg::set_default_liveness(sg::liveness{std::chrono::seconds(30), std::chrono::seconds(std::max(1, ping_interval))});
     try {
         return sg::relay::run_relay(options);
     } catch (const std::exception& e) {

@@ -9,6 +9,7 @@
 #include "common/crypto.hpp"
 #include "common/connection_string.hpp"
 #include "common/log.hpp"
+#include "common/runtime.hpp"
 #include "common/tls.hpp"
 #include "relay/certificates.hpp"
 #include "relay/data_dir.hpp"
@@ -248,7 +249,22 @@ int run_relay(const relay_options& options)
     state->reg = open_registry(options.data_dir);
     state->hub_name = hub_name(*state->reg);
 
-    asio::io_context ioc(options.threads ? options.threads : std::max(1u, std::thread::hardware_concurrency()));
+    std::filesystem::path cert, key;
+    if (options.cert && options.key) {
+        cert = *options.cert;
+        key = *options.key;
+    } else {
+        // Issued before the port opens, so a client that sees the port finds ca.pem and server.pem in place.
+        auto names = certificate_names(public_host_name(options.host_name, listen.host, listen.port ? listen.port : 443));
+        if (!listen.is_wildcard())
+            names.push_back(listen.host);
+        auto files = ensure_certificates(options.data_dir, names);
+        cert = files.certificate_chain;
+        key = files.private_key;
+    }
+    state->tls = std::make_shared<asio::ssl::context>(make_server_tls_context(cert, key, options.min_tls));
+
+    asio::io_context ioc(static_cast<int>(thread_count(options.threads)));
     tcp::acceptor acceptor(ioc);
     error_code ec;
     auto address = listen.host.empty() ? asio::ip::address_v6::any() : asio::ip::make_address(listen.host, ec);
@@ -260,26 +276,12 @@ int run_relay(const relay_options& options)
     acceptor.bind(endpoint, ec);
     if (ec)
         throw std::runtime_error("cannot listen on " + options.listen + ": " + ec.message());
-    acceptor.listen(asio::socket_base::max_listen_connections);
     auto port = acceptor.local_endpoint().port();
-
+    // Recorded before the port opens: admin commands run right after see this relay's name.
     state->host_name = public_host_name(options.host_name, listen.host, port);
     state->reg->set_setting("host_name", state->host_name);
     state->reg->mark_all_disconnected();
-
-    std::filesystem::path cert, key;
-    if (options.cert && options.key) {
-        cert = *options.cert;
-        key = *options.key;
-    } else {
-        auto names = certificate_names(state->host_name);
-        if (!listen.is_wildcard())
-            names.push_back(listen.host);
-        auto files = ensure_relay_certificates(options.data_dir, names);
-        cert = files.certificate_chain;
-        key = files.private_key;
-    }
-    state->tls = std::make_shared<asio::ssl::context>(make_server_tls_context(cert, key, options.min_tls));
+    acceptor.listen(asio::socket_base::max_listen_connections);
 
     std::vector<std::string> names{"localhost", "127.0.0.1", "::1"};
     for (auto& n : certificate_names(state->host_name))
@@ -291,14 +293,19 @@ int run_relay(const relay_options& options)
     asio::co_spawn(acceptor.get_executor(), accept_loop(state, acceptor, ioc), asio::detached);
     asio::co_spawn(asio::make_strand(ioc), housekeeping(state), asio::detached);
 
-    asio::signal_set signals(ioc, SIGINT, SIGTERM);
-    signals.async_wait([&](const error_code& e, int signal) {
-        if (e)
-            return;
+    log->info("event=Listening address={} hostName={} hub={} dataDir={}", endpoint_text(acceptor.local_endpoint()),
+              state->host_name, state->hub_name, options.data_dir.string());
+
+    graceful_stop stop;
+    stop.drain_timeout = options.drain_timeout;
+    stop.active = [state] { return static_cast<std::size_t>(state->active_streams.load()); };
+    stop.begin = [state, &acceptor, log](int signal) {
         log->info("event=ShuttingDown signal={} activeStreams={}", signal, state->active_streams.load());
         state->stopping = true;
-        error_code ignored;
-        acceptor.close(ignored);
+        asio::post(acceptor.get_executor(), [&acceptor] {
+            error_code ignored;
+            acceptor.close(ignored);
+        });
         std::vector<std::shared_ptr<control_channel>> channels;
         {
             std::lock_guard lock(state->devices_mutex);
@@ -307,32 +314,8 @@ int run_relay(const relay_options& options)
         }
         for (auto& ch : channels)
             ch->close(codes::relay_shutting_down, "relay is shutting down");
-        // Live streams get the drain timeout to finish, then everything stops.
-        auto drain = std::make_shared<asio::steady_timer>(ioc);
-        auto deadline = std::chrono::steady_clock::now() + state->options.drain_timeout;
-        auto poll = std::make_shared<std::function<void()>>();
-        *poll = [&ioc, state, drain, deadline, poll, log] {
-            if (state->active_streams == 0 || std::chrono::steady_clock::now() >= deadline) {
-                log->info("event=Stopped activeStreams={}", state->active_streams.load());
-                ioc.stop();
-                return;
-            }
-            drain->expires_after(std::chrono::milliseconds(100));
-            drain->async_wait([poll](const error_code&) { (*poll)(); });
-        };
-        (*poll)();
-    });
-
-    log->info("event=Listening address={} hostName={} hub={} dataDir={}", endpoint_text(acceptor.local_endpoint()),
-              state->host_name, state->hub_name, options.data_dir.string());
-
-    std::vector<std::thread> threads;
-    unsigned count = options.threads ? options.threads : std::max(1u, std::thread::hardware_concurrency());
-    for (unsigned i = 1; i < count; ++i)
-        threads.emplace_back([&ioc] { ioc.run(); });
-    ioc.run();
-    for (auto& t : threads)
-        t.join();
+    };
+    run_until_stopped(ioc, thread_count(options.threads), std::move(stop), *log);
     state->reg->mark_all_disconnected();
     return 0;
 }

@@ -2,6 +2,7 @@
 #include <CLI/CLI.hpp>
 #include <cstdlib>
 #include <iostream>
+#include "common/liveness.hpp"
 #include "common/device_id.hpp"
 #include "service-proxy/service_proxy.hpp"
 
@@ -39,6 +40,10 @@ int main(int argc, char** argv)
     app.add_option("--response-timeout", response_timeout, "Seconds the device gets to accept or reject")
         ->capture_default_str();
     app.add_option("--threads", o.threads, "I/O threads (default: one per core)");
+    int ping_interval = 20, drain = 10;
+    app.add_option("--ping-interval", ping_interval,
+                   "Seconds of silence before the relay is pinged; dead after two intervals")->capture_default_str();
+    app.add_option("--drain-timeout", drain, "Seconds live streams get to finish on SIGTERM")->capture_default_str();
     app.add_flag("-v,--verbose", o.verbose, "Debug logging");
     app.set_version_flag("--version", "streamgate-service-proxy 0.1.0");
     CLI11_PARSE(app, argc, argv);
@@ -71,6 +76,8 @@ int main(int argc, char** argv)
             o.ca_file = ca_file;
         o.connect_timeout = std::chrono::seconds(std::clamp(connect_timeout, 1, 300));
         o.response_timeout = std::chrono::seconds(std::clamp(response_timeout, 1, 300));
+        o.drain_timeout = std::chrono::seconds(std::max(0, drain));
+        sg::set_default_liveness(sg::liveness{std::chrono::seconds(30), std::chrono::seconds(std::max(1, ping_interval))});
         return sp::run(o);
     } catch (const sg::config_error& e) {
         std::cerr << "error: " << e.what() << "\n";

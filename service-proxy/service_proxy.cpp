@@ -1,5 +1,6 @@
 #include "service-proxy/service_proxy.hpp"
 
+#include <atomic>
 #include <thread>
 #include <unistd.h>
 #include <boost/asio/co_spawn.hpp>
@@ -10,6 +11,7 @@
 #include "common/client.hpp"
 #include "common/log.hpp"
 #include "common/pump.hpp"
+#include "common/runtime.hpp"
 #include "common/tls.hpp"
 
 namespace sg::service_proxy {
@@ -22,6 +24,7 @@ struct proxy_state {
     std::shared_ptr<asio::ssl::context> tls;
     asio::io_context* ioc = nullptr;
     int exit_code = 0;
+    std::atomic<std::size_t> active_streams{0};
 };
 
 // stdin/stdout as one end of a pump: FIN from the far side closes stdout.
@@ -100,7 +103,9 @@ asio::awaitable<void> serve_local(std::shared_ptr<proxy_state> state, std::share
         co_return;
     }
     state->log->info("Starting streaming for {}:{}", peer.address().to_string(), peer.port());
+    state->active_streams++;
     auto result = co_await pump(tcp_end(local), ws_end(ws));
+    state->active_streams--;
     state->log->info("Done streaming for {}:{}: sent={} received={} result={}", peer.address().to_string(), peer.port(),
                      result.bytes_a_to_b, result.bytes_b_to_a, result.error ? result.error.message() : "ok");
 }
@@ -129,7 +134,9 @@ asio::awaitable<void> serve_stdio(std::shared_ptr<proxy_state> state)
         state->ioc->stop();
         co_return;
     }
+    state->active_streams++;
     auto result = co_await pump(stdio_end(ws->get_executor()), ws_end(ws));
+    state->active_streams--;
     if (result.error && !is_benign(result.error)) {
         state->log->error("stream to {} ended: {}", state->opts.device_id, result.error.message());
         state->exit_code = 1;
@@ -145,7 +152,7 @@ int run(const options& o)
     state->opts = o;
     state->log = make_logger("service-proxy", o.verbose);
     state->tls = std::make_shared<asio::ssl::context>(make_client_tls_context(o.ca_file));
-    unsigned threads = o.stdio ? 1 : (o.threads ? o.threads : std::max(1u, std::thread::hardware_concurrency()));
+    unsigned threads = o.stdio ? 1 : thread_count(o.threads);
     asio::io_context ioc(static_cast<int>(threads));
     state->ioc = &ioc;
 
@@ -170,20 +177,19 @@ int run(const options& o)
         asio::co_spawn(acceptor->get_executor(), accept_loop(state, acceptor), asio::detached);
     }
 
-    asio::signal_set signals(ioc, SIGINT, SIGTERM);
-    signals.async_wait([&](const error_code& ec, int signal) {
-        if (ec)
-            return;
-        state->log->info("signal {}: exiting", signal);
-        ioc.stop();
-    });
-
-    std::vector<std::thread> pool;
-    for (unsigned i = 1; i < threads; ++i)
-        pool.emplace_back([&ioc] { ioc.run(); });
-    ioc.run();
-    for (auto& t : pool)
-        t.join();
+    graceful_stop stop;
+    stop.drain_timeout = o.drain_timeout;
+    stop.active = [state] { return static_cast<std::size_t>(state->active_streams.load()); };
+    stop.begin = [state, acceptor](int signal) {
+        state->log->info("signal {}: no new connections; {} live stream(s) may finish", signal,
+                         state->active_streams.load());
+        if (acceptor)
+            asio::post(acceptor->get_executor(), [acceptor] {
+                error_code ignored;
+                acceptor->close(ignored);
+            });
+    };
+    run_until_stopped(ioc, threads, std::move(stop), *state->log);
     return state->exit_code;
 }
 

@@ -20,6 +20,7 @@ struct options {
     std::optional<std::filesystem::path> ca_file;
     std::chrono::seconds connect_timeout{60};
     std::chrono::seconds response_timeout{60};
+    std::chrono::seconds drain_timeout{10}; // SIGTERM: time live streams get to finish
     unsigned threads = 0;
     bool verbose = false;
 };

@@ -1,0 +1,82 @@
+#include "common/runtime.hpp"
+
+#include <algorithm>
+#include <memory>
+#include <thread>
+#include <vector>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+namespace sg {
+namespace asio = boost::asio;
+
+unsigned thread_count(unsigned requested)
+{
+    return requested ? requested : std::max(1u, std::thread::hardware_concurrency());
+}
+
+namespace {
+
+struct drainer : std::enable_shared_from_this<drainer> {
+    drainer(asio::io_context& ioc, graceful_stop s, spdlog::logger& l) : ioc(ioc), stop(std::move(s)), log(l), timer(ioc) {}
+
+    void wait_signal()
+    {
+        signals.async_wait([self = shared_from_this()](const boost::system::error_code& ec, int signal) {
+            if (ec)
+                return;
+            if (self->stopping) {
+                self->log.warn("second signal {}: stopping now", signal);
+                self->ioc.stop();
+                return;
+            }
+            self->stopping = true;
+            self->deadline = std::chrono::steady_clock::now() + self->stop.drain_timeout;
+            if (self->stop.begin)
+                self->stop.begin(signal);
+            self->poll();
+            self->wait_signal();
+        });
+    }
+
+    void poll()
+    {
+        std::size_t live = stop.active ? stop.active() : 0;
+        if (live == 0 || std::chrono::steady_clock::now() >= deadline) {
+            if (live)
+                log.warn("drain timeout: closing {} live stream(s)", live);
+            log.info("event=Stopped");
+            ioc.stop();
+            return;
+        }
+        timer.expires_after(std::chrono::milliseconds(50));
+        timer.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
+            if (!ec)
+                self->poll();
+        });
+    }
+
+    asio::io_context& ioc;
+    graceful_stop stop;
+    spdlog::logger& log;
+    asio::steady_timer timer;
+    asio::signal_set signals{ioc, SIGINT, SIGTERM};
+    bool stopping = false;
+    std::chrono::steady_clock::time_point deadline;
+};
+
+} // namespace
+
+void run_until_stopped(asio::io_context& ioc, unsigned threads, graceful_stop stop, spdlog::logger& log)
+{
+    auto d = std::make_shared<drainer>(ioc, std::move(stop), log);
+    d->wait_signal();
+    std::vector<std::thread> pool;
+    for (unsigned i = 1; i < threads; ++i)
+        pool.emplace_back([&ioc] { ioc.run(); });
+    ioc.run();
+    for (auto& t : pool)
+        t.join();
+}
+
+} // namespace sg

@@ -1,0 +1,123 @@
+// Failures users hit: offline or unknown device, wrong keys, disabled device, duplicate device.
+#include <catch2/catch.hpp>
+
+#include <regex>
+
+#include "harness.hpp"
+
+using namespace sgit;
+
+namespace {
+
+// Runs a --stdio service proxy (our end of the socket pair stays open, as ssh keeps it) and
+// expects it to fail fast with `code` on stderr.
+void expect_stdio_failure(relay_fixture& relay, const std::string& service_cs,
+                          const std::string& device_id, const std::string& code,
+                          const std::vector<std::string>& options = {}) {
+    auto [mine, theirs] = socket_pair();
+    auto proxy = spawn_stdio_service_proxy(relay, service_cs, device_id, theirs.get(), options);
+    theirs.reset();
+    std::optional<int> exit_code = proxy->wait_exit(k_fail_timeout);
+    INFO("expected " << code << " for device " << device_id);
+    INFO(proxy->describe());
+    REQUIRE(exit_code.has_value());
+    CHECK(*exit_code != 0);
+    CHECK(contains(proxy->stderr_text(), code));
+}
+
+// Starts a device proxy with `device_cs` (target: a closed port, no stream is expected), waits
+// until its stderr names 401003, then checks that the device does not become Connected.
+void expect_device_refused(relay_fixture& relay, const std::string& device_id,
+                           const std::string& device_cs) {
+    auto proxy = relay.spawn("device-proxy", {bin::device_proxy, "--ca-file", relay.ca_file().string(),
+                                              device_cs, "127.0.0.1", std::to_string(free_port())});
+    bool refused = wait_until([&] { return contains(proxy->stderr_text(), "401003"); }, k_connect_timeout);
+    INFO(proxy->describe());
+    REQUIRE(refused);
+    CHECK_FALSE(wait_until([&] { return relay.device_connected(device_id); }, 3s, 200ms));
+}
+
+}  // namespace
+
+TEST_CASE("errors: a device that exists but is offline gets 404103 at once", "[integration][errors]") {
+    relay_fixture relay;
+    relay.create_device("offline-device");
+    expect_stdio_failure(relay, relay.service_connection_string(), "offline-device", "404103");
+}
+
+TEST_CASE("errors: an unknown device gets 404001", "[integration][errors]") {
+    relay_fixture relay;
+    expect_stdio_failure(relay, relay.service_connection_string(), "no-such-device", "404001");
+}
+
+TEST_CASE("errors: local port mode closes the connection of a failed stream and keeps listening",
+          "[integration][errors]") {
+    relay_fixture relay;
+    relay.create_device("offline-device");
+    const int port = free_port();
+    auto proxy = relay.spawn("service-proxy", {bin::service_proxy, "--ca-file", relay.ca_file().string(),
+                                               relay.service_connection_string(), "offline-device",
+                                               std::to_string(port)});
+    bool up = wait_until([&] { return !proxy->running() || port_listening(port); }, k_start_timeout);
+    {
+        INFO(proxy->describe());
+        REQUIRE(up);
+        REQUIRE(proxy->running());
+    }
+    unique_fd conn = connect_tcp(port);
+    transfer_result r = transfer(conn.get(), {}, {.timeout = k_fail_timeout});  // read until EOF
+    INFO(proxy->describe());
+    INFO(r.error);
+    CHECK_FALSE(contains(r.error, "timed out"));  // closed (EOF or reset), not left hanging
+    CHECK(r.received == 0);
+    CHECK(wait_until([&] { return contains(proxy->stderr_text(), "404103"); }, k_fail_timeout));
+    CHECK(proxy->running());
+}
+
+TEST_CASE("errors: a wrong service key gets 401003 whether or not the device exists",
+          "[integration][errors]") {
+    relay_fixture relay;
+    relay.create_device("some-device");
+    const std::string wrong = with_wrong_key(relay.service_connection_string());
+    expect_stdio_failure(relay, wrong, "some-device", "401003");
+    expect_stdio_failure(relay, wrong, "no-such-device", "401003");
+}
+
+TEST_CASE("errors: a wrong device key gets 401003 and the device never connects",
+          "[integration][errors]") {
+    relay_fixture relay;
+    const std::string device_cs = relay.create_device("wrong-key-device");
+    expect_device_refused(relay, "wrong-key-device", with_wrong_key(device_cs));
+}
+
+TEST_CASE("errors: a disabled device cannot connect", "[integration][errors]") {
+    relay_fixture relay;
+    const std::string device_cs = relay.create_device("disabled-device");
+    {
+        const std::vector<std::string> args = {"device-identity", "update", "--device-id",
+                                               "disabled-device", "--status", "disabled"};
+        run_result r = relay.admin(args);
+        INFO(describe(args, r));
+        REQUIRE(r.exit_code == 0);
+    }
+    {
+        const std::vector<std::string> args = {"device-identity", "show", "--device-id", "disabled-device"};
+        run_result r = relay.admin(args);
+        INFO(describe(args, r));
+        REQUIRE(r.exit_code == 0);
+        CHECK(std::regex_search(r.out, std::regex(R"re("status"\s*:\s*"disabled")re")));
+    }
+    expect_device_refused(relay, "disabled-device", device_cs);
+}
+
+TEST_CASE("errors: creating an existing device fails with 409001", "[integration][errors]") {
+    relay_fixture relay;
+    relay.create_device("dup-device");
+    const std::vector<std::string> args = {"device-identity", "create", "--device-id", "dup-device"};
+    run_result r = relay.admin(args);
+    INFO(describe(args, r));
+    REQUIRE(r.exit_code.has_value());
+    CHECK(*r.exit_code != 0);
+    CHECK(contains(r.err, "409001"));
+    CHECK(trim(r.out).empty());
+}
