@@ -110,8 +110,7 @@ std::optional<stream_response_message> parse_stream_response(std::string_view te
         return std::nullopt;
     }
     m.accepted = it->value().as_bool();
-    if (m.reason.size() > 1024)
-        m.reason.resize(1024);
+    m.reason = truncate_utf8(m.reason, 1024);
     return m;
 }
 

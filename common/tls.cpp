@@ -49,10 +49,18 @@ ssl::context make_client_tls_context(const std::optional<std::filesystem::path>&
 }
 
 ssl::context make_server_tls_context(const std::filesystem::path& certificate_chain,
-                                     const std::filesystem::path& private_key, tls_version minimum)
+                                     const std::filesystem::path& private_key, tls_version minimum,
+                                     bool request_client_certificate)
 {
     ssl::context ctx(ssl::context::tls_server);
     harden(ctx, minimum);
+    if (request_client_certificate) {
+        // Accept any certificate here: the relay checks it against the device registry later,
+        // and clients without one (SAS devices, services) must still get through.
+        SSL_CTX_set_verify(ctx.native_handle(), SSL_VERIFY_PEER, [](int, X509_STORE_CTX*) { return 1; });
+        static const unsigned char session_context[] = "streamgate";
+        SSL_CTX_set_session_id_context(ctx.native_handle(), session_context, sizeof session_context - 1);
+    }
     boost::system::error_code ec;
     ctx.use_certificate_chain_file(certificate_chain.string(), ec);
     if (ec)
@@ -61,6 +69,18 @@ ssl::context make_server_tls_context(const std::filesystem::path& certificate_ch
     if (ec)
         throw std::runtime_error("cannot load private key " + private_key.string() + ": " + ec.message());
     return ctx;
+}
+
+void use_client_certificate(ssl::context& ctx, const std::filesystem::path& certificate_chain,
+                            const std::filesystem::path& private_key)
+{
+    boost::system::error_code ec;
+    ctx.use_certificate_chain_file(certificate_chain.string(), ec);
+    if (ec)
+        throw std::runtime_error("cannot load client certificate " + certificate_chain.string() + ": " + ec.message());
+    ctx.use_private_key_file(private_key.string(), ssl::context::pem, ec);
+    if (ec)
+        throw std::runtime_error("cannot load client key " + private_key.string() + ": " + ec.message());
 }
 
 } // namespace sg

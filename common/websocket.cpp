@@ -35,11 +35,11 @@ void configure_stream_websocket(wss_stream& ws, beast::role_type role, const liv
     ws.read_message_max(max_stream_message);
 }
 
-void configure_control_websocket(wss_stream& ws, beast::role_type role, const liveness& l)
+void configure_control_websocket(wss_stream& ws, beast::role_type role, std::size_t max_message, const liveness& l)
 {
     configure_common(ws, role, l);
     ws.text(true);
-    ws.read_message_max(max_control_message);
+    ws.read_message_max(max_message);
 }
 
 bool is_benign(const error_code& ec)

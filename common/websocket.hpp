@@ -37,7 +37,8 @@ constexpr std::size_t max_control_message = 16 * 1024;
 // no compression, keepalive pings.
 void configure_stream_websocket(wss_stream& ws, beast::role_type role, const liveness& l = default_liveness());
 // Options for a control connection: text messages of at most max_control_message.
-void configure_control_websocket(wss_stream& ws, beast::role_type role, const liveness& l = default_liveness());
+void configure_control_websocket(wss_stream& ws, beast::role_type role, std::size_t max_message = max_control_message,
+                                 const liveness& l = default_liveness());
 
 // Normal endings of a connection that need no error log.
 bool is_benign(const error_code& ec);

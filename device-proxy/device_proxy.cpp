@@ -206,6 +206,8 @@ int run(const options& o)
     state->opts = o;
     state->log = make_logger("device-proxy", o.verbose);
     state->tls = std::make_shared<asio::ssl::context>(make_client_tls_context(o.ca_file));
+    if (o.cert && o.key)
+        use_client_certificate(*state->tls, *o.cert, *o.key);
     unsigned threads = thread_count(o.threads);
     asio::io_context ioc(static_cast<int>(threads));
     state->ioc = &ioc;

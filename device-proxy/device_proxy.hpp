@@ -21,6 +21,7 @@ struct options {
     target default_target;                    // used when services is empty
     std::map<std::string, target> services;   // stream name -> target; others are rejected
     std::optional<std::filesystem::path> ca_file;
+    std::optional<std::filesystem::path> cert, key; // X.509 authentication (x509=true)
     std::chrono::seconds stats_interval{10};  // 0 = off
     std::chrono::seconds connect_timeout{10}; // to the local target
     std::chrono::seconds drain_timeout{10};   // SIGTERM: time live streams get to finish

@@ -23,6 +23,9 @@ int main(int argc, char** argv)
     app.add_option("--service", services, "NAME=HOST:PORT: serve stream name NAME from HOST:PORT (repeatable); "
                                           "with any --service, unknown stream names are rejected");
     app.add_option("--ca-file", ca_file, "CA certificate(s) to verify the relay with (default: system store)");
+    std::string cert, key;
+    app.add_option("--cert", cert, "Device certificate (PEM) for X.509 authentication (connection string with x509=true)");
+    app.add_option("--key", key, "Private key for --cert (PEM)");
     app.add_option("--stats-interval", stats, "Seconds between traffic statistics lines (0 = off)")->capture_default_str();
     app.add_flag("--exit-on-auth-failure", o.exit_on_auth_failure, "Exit (code 3) when the relay refuses the credentials");
     app.add_option("--threads", o.threads, "I/O threads (default: one per core)");
@@ -52,6 +55,14 @@ int main(int argc, char** argv)
         }
         if (!ca_file.empty())
             o.ca_file = ca_file;
+        if (cert.empty() != key.empty())
+            throw sg::config_error("--cert and --key go together");
+        if (o.device.x509 && cert.empty())
+            throw sg::config_error("the connection string says x509=true: give --cert and --key");
+        if (!cert.empty()) {
+            o.cert = cert;
+            o.key = key;
+        }
         o.stats_interval = std::chrono::seconds(std::max(0, stats));
         o.drain_timeout = std::chrono::seconds(std::max(0, drain));
         sg::set_default_liveness(sg::liveness{std::chrono::seconds(30), std::chrono::seconds(std::max(1, ping_interval))});

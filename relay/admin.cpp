@@ -9,6 +9,7 @@
 #include "common/error.hpp"
 #include "relay/data_dir.hpp"
 #include "relay/device_json.hpp"
+#include "relay/x509_auth.hpp"
 
 namespace sg::relay {
 namespace json = boost::json;
@@ -207,6 +208,34 @@ void add_admin_commands(CLI::App& app, admin_options& o, int* result, bool* ran)
         cs.shared_access_key_name = policy->name;
         cs.shared_access_key = o.key_type == "secondary" ? policy->secondary_key : policy->primary_key;
         std::cout << cs.to_string() << "\n";
+        return 0;
+    }));
+
+    auto* certs = app.add_subcommand("certificate", "Device CAs: devices registered with --auth-method x509_ca must "
+                                                    "present a certificate that chains to one of them");
+    certs->require_subcommand(1);
+    auto* cert_add = certs->add_subcommand("add", "Upload a CA certificate (PEM)");
+    cert_add->add_option("-n,--name", o.policy_name, "Name of the CA")->required();
+    cert_add->add_option("-p,--path", o.status_reason, "PEM file")->required()->check(CLI::ExistingFile);
+    cert_add->callback(run([&o] {
+        open(o);
+        add_device_ca(o.data_dir, o.policy_name, o.status_reason);
+        return 0;
+    }));
+    certs->add_subcommand("list", "Print the uploaded CA names")->callback(run([&o] {
+        for (auto& name : list_device_cas(o.data_dir))
+            std::cout << name << "\n";
+        return 0;
+    }));
+    auto* cert_delete = certs->add_subcommand("delete", "Remove an uploaded CA");
+    cert_delete->add_option("-n,--name", o.policy_name, "Name of the CA")->required();
+    cert_delete->callback(run([&o] {
+        return remove_device_ca(o.data_dir, o.policy_name) ? 0 : fail(codes::bad_request, "no CA named " + o.policy_name);
+    }));
+    auto* thumb = certs->add_subcommand("thumbprint", "Print the SHA-256 thumbprint of a certificate (PEM)");
+    thumb->add_option("-p,--path", o.status_reason, "PEM file")->required()->check(CLI::ExistingFile);
+    thumb->callback(run([&o] {
+        std::cout << certificate_thumbprint(o.status_reason) << "\n";
         return 0;
     }));
 

@@ -1,5 +1,6 @@
 #include "relay/auth.hpp"
 
+#include <cctype>
 #include <ctime>
 #include "common/crypto.hpp"
 #include "common/sas_token.hpp"
@@ -80,33 +81,103 @@ failure authenticator::authorize_policy(std::string_view authorization, unsigned
     return {};
 }
 
-failure authenticator::authorize_device(std::string_view authorization, std::string_view device_id,
-                                        device_identity* device) const
+namespace {
+std::string key_digest(std::string_view key) { return hex_upper(sha256(key)); }
+
+bool thumbprint_matches(const device_identity& d, std::string_view thumbprint)
 {
-    parsed p;
-    std::string path = "/devices/" + std::string(device_id);
-    if (auto f = parse(authorization, path, p))
-        return f;
-    auto found = registry_.find_device(device_id);
-    if (!p.token.key_name.empty()) {
-        auto policy = registry_.find_policy(p.token.key_name);
-        if (!policy || !(sas_signature_valid(p.token, policy->primary_key) || sas_signature_valid(p.token, policy->secondary_key)))
-            return unauthorized("signature does not match a key of policy '" + p.token.key_name.substr(0, 64) + "'");
-        if (!(policy->permissions & permission::device_connect))
-            return unauthorized("policy '" + policy->name + "' lacks the DeviceConnect permission");
+    auto upper = [](std::string_view s) {
+        std::string out(s);
+        for (auto& c : out)
+            c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+        return out;
+    };
+    std::string t = upper(thumbprint);
+    return !t.empty() && (t == upper(d.primary_thumbprint) || t == upper(d.secondary_thumbprint));
+}
+} // namespace
+
+failure authenticator::authorize_device(std::string_view authorization, std::string_view device_id,
+                                        device_identity* device, const peer_certificate* certificate,
+                                        std::string* credential) const
+{
+    std::string used;
+    std::optional<device_identity> found;
+    if (authorization.empty() && certificate && !certificate->thumbprint.empty()) {
+        found = registry_.find_device(device_id);
         if (!found)
-            return unauthorized("device is not registered");
+            return unauthorized("client certificate does not match a registered device");
+        if (found->authentication == auth_type::self_signed) {
+            if (!thumbprint_matches(*found, certificate->thumbprint))
+                return unauthorized("client certificate thumbprint does not match the device's");
+        } else if (found->authentication == auth_type::certificate_authority) {
+            if (!certificate->chain_trusted)
+                return unauthorized("client certificate does not chain to a device CA of this relay");
+            if (certificate->common_name != device_id)
+                return unauthorized("client certificate's CN does not equal the device id");
+        } else {
+            return unauthorized("device is registered for SAS authentication, not X.509");
+        }
+        used = "x509:" + certificate->thumbprint;
     } else {
-        // Checked before anything about the device is revealed: unknown and wrong key look the same.
-        if (!found || found->authentication != auth_type::sas ||
-            !(sas_signature_valid(p.token, found->primary_key) || sas_signature_valid(p.token, found->secondary_key)))
-            return unauthorized("signature does not match the device's keys");
+        parsed p;
+        std::string path = "/devices/" + std::string(device_id);
+        if (auto f = parse(authorization, path, p))
+            return f;
+        found = registry_.find_device(device_id);
+        if (!p.token.key_name.empty()) {
+            auto policy = registry_.find_policy(p.token.key_name);
+            bool primary = policy && sas_signature_valid(p.token, policy->primary_key);
+            if (!policy || !(primary || sas_signature_valid(p.token, policy->secondary_key)))
+                return unauthorized("signature does not match a key of policy '" + p.token.key_name.substr(0, 64) + "'");
+            if (!(policy->permissions & permission::device_connect))
+                return unauthorized("policy '" + policy->name + "' lacks the DeviceConnect permission");
+            if (!found)
+                return unauthorized("device is not registered");
+            used = "policy:" + policy->name + ":" + key_digest(primary ? policy->primary_key : policy->secondary_key);
+        } else {
+            // Checked before anything about the device is revealed: unknown and wrong key look the same.
+            bool primary = found && found->authentication == auth_type::sas && sas_signature_valid(p.token, found->primary_key);
+            bool secondary = !primary && found && found->authentication == auth_type::sas &&
+                             sas_signature_valid(p.token, found->secondary_key);
+            if (!primary && !secondary)
+                return unauthorized("signature does not match the device's keys");
+            used = "key:" + key_digest(primary ? found->primary_key : found->secondary_key);
+        }
     }
     if (found->status != device_status::enabled)
         return unauthorized("device is disabled");
     if (device)
         *device = std::move(*found);
+    if (credential)
+        *credential = std::move(used);
     return {};
+}
+
+bool authenticator::credential_still_valid(const device_identity& d, std::string_view credential) const
+{
+    if (d.status != device_status::enabled)
+        return false;
+    if (credential.starts_with("key:")) {
+        auto digest = credential.substr(4);
+        return d.authentication == auth_type::sas &&
+               (digest == key_digest(d.primary_key) || digest == key_digest(d.secondary_key));
+    }
+    if (credential.starts_with("x509:")) {
+        if (d.authentication == auth_type::self_signed)
+            return thumbprint_matches(d, credential.substr(5));
+        return d.authentication == auth_type::certificate_authority;
+    }
+    if (credential.starts_with("policy:")) {
+        auto rest = credential.substr(7);
+        auto colon = rest.find(':');
+        auto policy = registry_.find_policy(rest.substr(0, colon));
+        if (!policy || !(policy->permissions & permission::device_connect))
+            return false;
+        auto digest = rest.substr(colon + 1);
+        return digest == key_digest(policy->primary_key) || digest == key_digest(policy->secondary_key);
+    }
+    return false;
 }
 
 } // namespace sg::relay

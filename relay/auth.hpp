@@ -12,6 +12,13 @@
 
 namespace sg::relay {
 
+// What the relay learned from a client certificate presented in the TLS handshake.
+struct peer_certificate {
+    std::string thumbprint;     // SHA-256 of the DER encoding, upper-case hex
+    std::string common_name;
+    bool chain_trusted = false; // verifies to one of the device CAs uploaded to the relay
+};
+
 class authenticator {
 public:
     using clock_fn = std::function<std::int64_t()>; // seconds since the epoch
@@ -24,10 +31,17 @@ public:
     // covers resource_path (e.g. "/twins/dev1/streams/ssh").
     failure authorize_policy(std::string_view authorization, unsigned permission, std::string_view resource_path) const;
 
-    // A device's control connection: signed by the device's own key (no skn) with scope
-    // {host}/devices/{id}, or by a policy with DeviceConnect whose scope covers it. The device
-    // must exist and be enabled. On success *device is filled.
-    failure authorize_device(std::string_view authorization, std::string_view device_id, device_identity* device) const;
+    // A device's control connection: a SAS token signed by the device's own key (no skn) with
+    // scope {host}/devices/{id}, or by a policy with DeviceConnect whose scope covers it; or, with
+    // no Authorization header, the client certificate (thumbprint, or CA chain + CN = device id).
+    // The device must exist and be enabled. On success *device is filled, and *credential names
+    // the credential used (a digest, never the key) so a later change can be detected.
+    failure authorize_device(std::string_view authorization, std::string_view device_id, device_identity* device,
+                             const peer_certificate* certificate = nullptr, std::string* credential = nullptr) const;
+
+    // Whether a connection authorized with `credential` may stay: the device still exists, is
+    // enabled, and the key, policy or certificate it used is still registered.
+    bool credential_still_valid(const device_identity& device, std::string_view credential) const;
 
 private:
     struct parsed;

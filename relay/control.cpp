@@ -5,6 +5,7 @@
 #include <boost/json.hpp>
 #include "common/crypto.hpp"
 #include "relay/internal.hpp"
+#include "relay/x509_auth.hpp"
 
 namespace sg::relay {
 
@@ -20,8 +21,8 @@ void pending_answer::deliver(std::optional<protocol::stream_response_message> a)
     asio::post(timer->get_executor(), [t = timer] { t->cancel(); });
 }
 
-control_channel::control_channel(std::string device_id, std::shared_ptr<wss_stream> ws)
-    : device_id_(std::move(device_id)), link_(std::make_shared<control_link>(std::move(ws)))
+control_channel::control_channel(std::string device_id, std::string credential, std::shared_ptr<wss_stream> ws)
+    : device_id_(std::move(device_id)), credential_(std::move(credential)), link_(std::make_shared<control_link>(std::move(ws)))
 {
 }
 
@@ -109,26 +110,70 @@ void relay_state::expire_streams()
     }
 }
 
+void relay_state::revalidate_devices(const std::string& device_id)
+{
+    std::vector<std::shared_ptr<control_channel>> channels;
+    {
+        std::lock_guard lock(devices_mutex);
+        if (device_id.empty()) {
+            for (auto& [id, ch] : devices)
+                channels.push_back(ch);
+        } else if (auto it = devices.find(device_id); it != devices.end()) {
+            channels.push_back(it->second);
+        }
+    }
+    for (auto& ch : channels) {
+        auto d = reg->find_device(ch->device_id());
+        std::string why = !d                                         ? "device was deleted"
+                          : d->status != device_status::enabled      ? "device was disabled"
+                          : !auth->credential_still_valid(*d, ch->credential()) ? "device credentials were renewed"
+                                                                     : "";
+        if (!why.empty()) {
+            log->info("event=DeviceRevoked device={} reason=\"{}\"", ch->device_id(), why);
+            ch->close(codes::unauthorized, why);
+        }
+    }
+}
+
 asio::awaitable<void> serve_control(std::shared_ptr<relay_state> state, tls_stream stream, request_type req, route r,
                                     std::string peer)
 {
     device_identity device;
-    if (auto f = state->auth->authorize_device(req[http::field::authorization], r.device_id, &device)) {
+    std::string credential;
+    auto certificate = inspect_peer_certificate(stream.native_handle(), device_ca_dir(state->options.data_dir));
+    auto refuse = [&](const failure& f) { return error_response(req, f.code, f.message); };
+    if (auto f = state->auth->authorize_device(req[http::field::authorization], r.device_id, &device, &certificate,
+                                               &credential)) {
         state->log->warn("event=AuthFailed peer={} device={} endpoint=control code={} reason=\"{}\"", peer, r.device_id,
                          f.code, f.message);
-        auto res = error_response(req, f.code, f.message);
+        auto res = refuse(f);
         res.keep_alive(false);
         co_await http::async_write(stream, res, use_nothrow);
         co_return;
     }
+    if (!state->find_device(r.device_id)) {
+        std::size_t connected = 0;
+        {
+            std::lock_guard lock(state->devices_mutex);
+            connected = state->devices.size();
+        }
+        if (connected >= state->options.max_control_connections) {
+            state->log->warn("event=LimitHit limit=controlConnections device={} peer={}", r.device_id, peer);
+            auto res = refuse(failure{codes::throttled, "too many connected devices on this relay"});
+            res.set(http::field::retry_after, "30");
+            res.keep_alive(false);
+            co_await http::async_write(stream, res, use_nothrow);
+            co_return;
+        }
+    }
     auto ws = std::make_shared<wss_stream>(std::move(stream));
-    configure_control_websocket(*ws, beast::role_type::server);
+    configure_control_websocket(*ws, beast::role_type::server, state->options.max_control_message);
     auto [aec] = co_await ws->async_accept(req, use_nothrow);
     if (aec) {
         state->log->info("peer={} device={} control handshake failed: {}", peer, r.device_id, aec.message());
         co_return;
     }
-    auto channel = std::make_shared<control_channel>(r.device_id, ws);
+    auto channel = std::make_shared<control_channel>(r.device_id, credential, ws);
     std::shared_ptr<control_channel> replaced;
     {
         std::lock_guard lock(state->devices_mutex);
@@ -141,7 +186,10 @@ asio::awaitable<void> serve_control(std::shared_ptr<relay_state> state, tls_stre
         replaced->close(codes::connection_replaced, "a newer connection for this device replaced this one");
     }
     state->reg->set_connection_state(r.device_id, true);
-    state->log->info("event=DeviceConnected device={} peer={}", r.device_id, peer);
+    state->log->info("event=DeviceConnected device={} peer={} auth={}", r.device_id, peer,
+                     credential.substr(0, credential.find(':')));
+    // A key renewed between authorization and now must not slip through.
+    state->revalidate_devices(r.device_id);
 
     auto ec = co_await channel->run(*state->log);
 
@@ -188,7 +236,16 @@ asio::awaitable<http::response<http::string_body>> open_stream(std::shared_ptr<r
         co_return error_response(req, codes::device_not_online, "device " + r.device_id + " is not online");
     }
 
+    auto admitted = state->admission->admit(r.device_id, std::chrono::steady_clock::now());
+    if (!admitted.slot) {
+        state->log->warn("event=StreamRejected device={} stream={} result=429001 reason=\"{}\"", r.device_id,
+                         r.stream_name, admitted.refused.message);
+        auto res = error_response(req, admitted.refused.code, admitted.refused.message);
+        res.set(http::field::retry_after, std::to_string(admitted.retry_after.count()));
+        co_return res;
+    }
     auto pending = std::make_shared<pending_stream>();
+    pending->slot = std::move(admitted.slot);
     pending->stream_id = to_lower(hex_upper(random_bytes(16)));
     pending->device_id = r.device_id;
     pending->stream_name = r.stream_name;
@@ -263,8 +320,8 @@ asio::awaitable<http::response<http::string_body>> open_stream(std::shared_ptr<r
         drop_stream();
         res.set("iothub-streaming-is-accepted", "False");
         std::string reason;
-        for (char c : answer->reason) // a header value must stay on one line
-            reason += (c == '\r' || c == '\n') ? ' ' : c;
+        for (char c : answer->reason) // a header value holds no control characters
+            reason += (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) ? ' ' : c;
         res.set("iothub-streaming-rejection-reason", reason);
         body["reason"] = answer->reason;
         state->log->info("event=StreamRejected device={} stream={} streamId={} result=rejected reason=\"{}\"", r.device_id,

@@ -14,6 +14,8 @@
 #include "common/protocol.hpp"
 #include "common/websocket.hpp"
 #include "relay/auth.hpp"
+#include "relay/ip_filter.hpp"
+#include "relay/limits.hpp"
 #include "relay/registry.hpp"
 #include "relay/relay.hpp"
 #include "relay/router.hpp"
@@ -38,8 +40,9 @@ struct pending_answer {
 // The relay's end of one device's control connection.
 class control_channel : public std::enable_shared_from_this<control_channel> {
 public:
-    control_channel(std::string device_id, std::shared_ptr<wss_stream> ws);
+    control_channel(std::string device_id, std::string credential, std::shared_ptr<wss_stream> ws);
     const std::string& device_id() const { return device_id_; }
+    const std::string& credential() const { return credential_; }
     void send_request(const protocol::stream_request_message& m, std::shared_ptr<pending_answer> waiter);
     void forget_request(const std::string& request_id);
     void close(int code, std::string_view message);
@@ -48,6 +51,7 @@ public:
 private:
     void on_message(std::string_view text, spdlog::logger& log);
     std::string device_id_;
+    std::string credential_; // which key/certificate authorized it (a digest), to notice renewals
     std::shared_ptr<control_link> link_;
     std::mutex mutex_;
     std::unordered_map<std::string, std::shared_ptr<pending_answer>> pending_;
@@ -66,6 +70,7 @@ struct pending_stream {
     std::shared_ptr<wss_stream> waiting;
     stream_side waiting_side = stream_side::service;
     std::shared_ptr<asio::steady_timer> waiting_timer;
+    std::shared_ptr<stream_slot> slot; // the stream's place under the limits, released with it
 };
 
 struct relay_state {
@@ -77,6 +82,8 @@ struct relay_state {
     std::shared_ptr<asio::ssl::context> tls;
     std::shared_ptr<spdlog::logger> log;
     std::atomic<bool> stopping{false};
+    std::shared_ptr<stream_admission> admission;
+    ip_filter filter;
 
     std::mutex devices_mutex;
     std::unordered_map<std::string, std::shared_ptr<control_channel>> devices;
@@ -87,6 +94,9 @@ struct relay_state {
 
     std::shared_ptr<control_channel> find_device(const std::string& id);
     void expire_streams(); // drops streams nobody joined in time
+    // Closes control connections whose device was deleted or disabled, or whose key or
+    // certificate is no longer registered (all of them when device_id is empty).
+    void revalidate_devices(const std::string& device_id = {});
 };
 
 // Entry points of the translation units.

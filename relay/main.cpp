@@ -32,6 +32,27 @@ int main(int argc, char** argv)
         ->capture_default_str();
     app.add_option("--handshake-timeout", handshake, "Seconds a client gets for TCP+TLS+HTTP request")->capture_default_str();
     app.add_option("--drain-timeout", drain, "Seconds live streams get to finish on SIGTERM")->capture_default_str();
+    int clock_skew = static_cast<int>(options.clock_skew.count());
+    auto& limits = options.streams;
+    app.add_option("--clock-skew", clock_skew, "Seconds a SAS token is still accepted after its expiry")->capture_default_str();
+    app.add_option("--max-streams", limits.max_streams, "Concurrent streams on the relay")->capture_default_str();
+    app.add_option("--max-streams-per-device", limits.max_streams_per_device, "Concurrent streams to one device")
+        ->capture_default_str();
+    app.add_option("--stream-rate", limits.stream_rate, "New streams per second on the relay (token bucket)")
+        ->capture_default_str();
+    app.add_option("--stream-burst", limits.stream_burst, "Burst allowance for --stream-rate")->capture_default_str();
+    app.add_option("--device-stream-rate", limits.device_stream_rate, "New streams per second to one device")
+        ->capture_default_str();
+    app.add_option("--device-stream-burst", limits.device_stream_burst, "Burst allowance for --device-stream-rate")
+        ->capture_default_str();
+    app.add_option("--max-devices", options.max_control_connections, "Connected devices (control connections)")
+        ->capture_default_str();
+    app.add_option("--max-header-bytes", options.max_header_bytes, "Largest HTTP request header accepted")
+        ->capture_default_str();
+    app.add_option("--max-control-message", options.max_control_message, "Largest control message from a device")
+        ->capture_default_str();
+    app.add_option("--ip-filter", options.ip_filter,
+                   "Ordered rule \"accept|reject CIDR\" (repeatable); the first match decides, none matching accepts");
     int ping_interval = 20;
     app.add_option("--ping-interval", ping_interval,
                    "Seconds of silence before a WebSocket peer is pinged; dead after two intervals")->capture_default_str();
@@ -69,6 +90,7 @@ int main(int argc, char** argv)
     options.min_tls = min_tls == "1.3" ? sg::tls_version::v1_3 : sg::tls_version::v1_2;
     options.drain_timeout = std::chrono::seconds(drain);
     options.handshake_timeout = std::chrono::seconds(handshake);
+    options.clock_skew = std::chrono::seconds(std::max(0, clock_skew));
     sg::set_default_liveness(sg::liveness{std::chrono::seconds(30), std::chrono::seconds(std::max(1, ping_interval))});
     try {
         return sg::relay::run_relay(options);

@@ -5,7 +5,9 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <vector>
 #include "common/tls.hpp"
+#include "relay/limits.hpp"
 
 namespace sg::relay {
 
@@ -18,7 +20,12 @@ struct relay_options {
     tls_version min_tls = tls_version::v1_2;
     std::chrono::seconds handshake_timeout{10};   // TCP accept to a complete HTTP request
     std::chrono::seconds drain_timeout{10};       // SIGTERM: time live streams get to finish
-    std::chrono::seconds clock_skew{300};
+    std::chrono::seconds clock_skew{300};         // allowance for SAS token expiry
+    stream_limits streams;                        // concurrent streams and creation rates
+    std::size_t max_control_connections = 100000; // connected devices
+    std::size_t max_header_bytes = 16 * 1024;     // HTTP request header
+    std::size_t max_control_message = 16 * 1024; // control-connection JSON message
+    std::vector<std::string> ip_filter;           // ordered "accept|reject CIDR" rules
     bool verbose = false;
 };
 

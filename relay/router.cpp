@@ -71,7 +71,8 @@ route match_route(std::string_view target)
         if (!is_valid_stream_name(seg[3]))
             return invalid("invalid stream name");
         route r = with_device(route_kind::create_stream, seg[1]);
-        r.stream_name = seg[3];
+        if (r.kind != route_kind::invalid)
+            r.stream_name = seg[3];
         return r;
     }
     if (seg.size() == 3 && seg[0] == "devices" && seg[2] == "streams")
@@ -80,8 +81,10 @@ route match_route(std::string_view target)
         if (!valid_token_segment(seg[1]) || !valid_token_segment(seg[3]))
             return invalid("malformed streaming endpoint");
         route r = with_device(route_kind::bridge, seg[2]);
-        r.hub = seg[1];
-        r.stream_id = seg[3];
+        if (r.kind != route_kind::invalid) {
+            r.hub = seg[1];
+            r.stream_id = seg[3];
+        }
         return r;
     }
     if (seg.size() == 2 && seg[0] == "devices")

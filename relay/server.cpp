@@ -21,7 +21,6 @@ namespace json = boost::json;
 
 namespace {
 
-constexpr std::size_t max_header_bytes = 16 * 1024;
 constexpr std::size_t max_body_bytes = 64 * 1024;
 constexpr auto keep_alive_idle = std::chrono::seconds(60);
 
@@ -67,8 +66,7 @@ http::response<http::string_body> handle_device(relay_state& state, const reques
         if (result == registry_result::etag_mismatch)
             return error_response(req, codes::precondition_failed, "If-Match does not match the device's etag");
         state.log->info("event=RegistryChange op=delete device={}", r.device_id);
-        if (auto channel = state.find_device(r.device_id))
-            channel->close(codes::unauthorized, "device was deleted");
+        state.revalidate_devices(r.device_id);
         http::response<http::string_body> res{http::status::no_content, req.version()};
         res.keep_alive(req.keep_alive());
         return res;
@@ -96,9 +94,7 @@ http::response<http::string_body> handle_device(relay_state& state, const reques
     if (result == registry_result::not_found)
         return error_response(req, codes::device_not_found, "device not found");
     state.log->info("event=RegistryChange op=update device={} status={}", r.device_id, to_string(d.status));
-    if (d.status == device_status::disabled)
-        if (auto channel = state.find_device(r.device_id))
-            channel->close(codes::unauthorized, "device is disabled");
+    state.revalidate_devices(r.device_id);
     return json_response(req, http::status::ok, to_json(d));
 }
 
@@ -166,7 +162,7 @@ asio::awaitable<void> serve_connection(std::shared_ptr<relay_state> state, tcp::
     beast::flat_buffer buffer;
     for (bool first = true;; first = false) {
         http::request_parser<http::string_body> parser;
-        parser.header_limit(max_header_bytes);
+        parser.header_limit(static_cast<std::uint32_t>(state->options.max_header_bytes));
         parser.body_limit(max_body_bytes);
         if (!first)
             tcp_layer.expires_after(keep_alive_idle);
@@ -222,6 +218,18 @@ asio::awaitable<void> accept_loop(std::shared_ptr<relay_state> state, tcp::accep
             co_await pause.async_wait(use_nothrow);
             continue;
         }
+        if (!state->filter.empty()) {
+            error_code pec;
+            auto remote = socket.remote_endpoint(pec);
+            std::optional<std::string> rule;
+            if (pec || (rule = state->filter.rejects(remote.address()))) {
+                // Nothing but a closed socket: no TLS, no hint of which rule matched.
+                state->log->warn("event=IpFiltered peer={} rule=\"{}\"", pec ? "?" : endpoint_text(remote),
+                                 rule.value_or("unknown peer"));
+                socket.close(pec);
+                continue;
+            }
+        }
         auto ex = socket.get_executor();
         asio::co_spawn(ex, serve_connection(state, std::move(socket)), asio::detached);
     }
@@ -230,10 +238,18 @@ asio::awaitable<void> accept_loop(std::shared_ptr<relay_state> state, tcp::accep
 asio::awaitable<void> housekeeping(std::shared_ptr<relay_state> state)
 {
     asio::steady_timer timer(co_await asio::this_coro::executor);
+    auto seen = state->reg->external_change_counter();
     while (!state->stopping) {
-        timer.expires_after(std::chrono::seconds(1));
+        timer.expires_after(std::chrono::milliseconds(500));
         co_await timer.async_wait(use_nothrow);
         state->expire_streams();
+        // Admin commands run beside the relay: a renewed key, a disabled or deleted device
+        // takes effect on live control connections within half a second.
+        auto now = state->reg->external_change_counter();
+        if (now != seen) {
+            seen = now;
+            state->revalidate_devices();
+        }
     }
 }
 
@@ -262,7 +278,12 @@ int run_relay(const relay_options& options)
         cert = files.certificate_chain;
         key = files.private_key;
     }
-    state->tls = std::make_shared<asio::ssl::context>(make_server_tls_context(cert, key, options.min_tls));
+    state->tls = std::make_shared<asio::ssl::context>(make_server_tls_context(cert, key, options.min_tls, true));
+    state->admission = std::make_shared<stream_admission>(options.streams);
+    std::vector<ip_rule> rules;
+    for (const auto& text : options.ip_filter)
+        rules.push_back(parse_ip_rule(text));
+    state->filter = ip_filter(std::move(rules));
 
     asio::io_context ioc(static_cast<int>(thread_count(options.threads)));
     tcp::acceptor acceptor(ioc);
