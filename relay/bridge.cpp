@@ -1,6 +1,7 @@
 // The streaming endpoint: each side of a stream joins with its own single-use token; when both
 // are there, the byte pump carries binary messages between them until one side ends.
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 #include "common/crypto.hpp"
 #include "common/pump.hpp"
 #include "relay/internal.hpp"
@@ -39,6 +40,35 @@ failure claim_side(relay_state& state, const route& r, std::string_view authoriz
     return {};
 }
 
+// Cuts a stream that moved no byte either way for the idle timeout: the sockets are closed under
+// the pump, which then ends both sides.
+asio::awaitable<void> watch_idle(std::shared_ptr<pump_counters> counters, std::chrono::seconds timeout,
+                                 std::shared_ptr<wss_stream> service, std::shared_ptr<wss_stream> device,
+                                 std::shared_ptr<std::atomic<bool>> done, std::shared_ptr<std::atomic<bool>> fired)
+{
+    asio::steady_timer timer(co_await asio::this_coro::executor);
+    std::uint64_t last = ~0ull;
+    auto quiet_since = std::chrono::steady_clock::now();
+    while (!*done) {
+        timer.expires_after(std::min<std::chrono::steady_clock::duration>(timeout, std::chrono::seconds(1)));
+        co_await timer.async_wait(use_nothrow);
+        std::uint64_t total = counters->a_to_b + counters->b_to_a;
+        auto now = std::chrono::steady_clock::now();
+        if (total != last) {
+            last = total;
+            quiet_since = now;
+        } else if (now - quiet_since >= timeout && !*done) {
+            *fired = true;
+            for (auto& ws : {service, device})
+                asio::post(ws->get_executor(), [ws] {
+                    error_code ignored;
+                    beast::get_lowest_layer(*ws).socket().close(ignored);
+                });
+            co_return;
+        }
+    }
+}
+
 asio::awaitable<void> run_pair(std::shared_ptr<relay_state> state, std::shared_ptr<pending_stream> s,
                                std::shared_ptr<wss_stream> service, std::shared_ptr<wss_stream> device)
 {
@@ -47,13 +77,20 @@ asio::awaitable<void> run_pair(std::shared_ptr<relay_state> state, std::shared_p
     state->active_streams++;
     state->log->info("event=StreamEstablished device={} stream={} streamId={} setupMs={:.1f}", s->device_id,
                      s->stream_name, s->stream_id, setup_ms);
-    auto result = co_await pump(ws_end(service), ws_end(device));
+    auto counters = std::make_shared<pump_counters>();
+    auto done = std::make_shared<std::atomic<bool>>(false);
+    auto idle = std::make_shared<std::atomic<bool>>(false);
+    if (state->options.idle_stream_timeout.count() > 0)
+        asio::co_spawn(co_await asio::this_coro::executor,
+                       watch_idle(counters, state->options.idle_stream_timeout, service, device, done, idle), asio::detached);
+    auto result = co_await pump(ws_end(service), ws_end(device), max_stream_message, counters.get());
+    *done = true;
     auto seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     state->active_streams--;
     state->log->info("event=StreamClosed device={} stream={} streamId={} bytesToDevice={} bytesToService={} "
                      "durationS={:.3f} result={}",
                      s->device_id, s->stream_name, s->stream_id, result.bytes_a_to_b, result.bytes_b_to_a, seconds,
-                     result.error ? result.error.message() : "ok");
+                     *idle ? "idle timeout" : result.error ? result.error.message() : "ok");
 }
 
 } // namespace

@@ -53,6 +53,9 @@ int main(int argc, char** argv)
         ->capture_default_str();
     app.add_option("--ip-filter", options.ip_filter,
                    "Ordered rule \"accept|reject CIDR\" (repeatable); the first match decides, none matching accepts");
+    int idle_stream = 0;
+    app.add_option("--idle-stream-timeout", idle_stream, "Close a stream that moved no byte for this many seconds (0 = never)")
+        ->capture_default_str();
     int ping_interval = 20;
     app.add_option("--ping-interval", ping_interval,
                    "Seconds of silence before a WebSocket peer is pinged; dead after two intervals")->capture_default_str();
@@ -91,6 +94,7 @@ int main(int argc, char** argv)
     options.drain_timeout = std::chrono::seconds(drain);
     options.handshake_timeout = std::chrono::seconds(handshake);
     options.clock_skew = std::chrono::seconds(std::max(0, clock_skew));
+    options.idle_stream_timeout = std::chrono::seconds(std::max(0, idle_stream));
     sg::set_default_liveness(sg::liveness{std::chrono::seconds(30), std::chrono::seconds(std::max(1, ping_interval))});
     try {
         return sg::relay::run_relay(options);

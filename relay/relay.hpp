@@ -26,6 +26,7 @@ struct relay_options {
     std::size_t max_header_bytes = 16 * 1024;     // HTTP request header
     std::size_t max_control_message = 16 * 1024; // control-connection JSON message
     std::vector<std::string> ip_filter;           // ordered "accept|reject CIDR" rules
+    std::chrono::seconds idle_stream_timeout{0};  // close streams with no bytes either way; 0 = never
     bool verbose = false;
 };
 
