@@ -70,7 +70,8 @@ connect_tls(ssl::context& tls, std::string host, std::uint16_t port, std::chrono
 {
     auto ex = co_await asio::this_coro::executor;
     tcp::resolver resolver(ex);
-    auto [rec, endpoints] = co_await resolver.async_resolve(host, std::to_string(port), use_nothrow);
+    auto resolved = co_await resolver.async_resolve(host, std::to_string(port), use_nothrow);
+    auto& [rec, endpoints] = resolved;
     if (rec)
         co_return std::pair{local_failure("cannot resolve relay " + host + ": " + rec.message()), nullptr};
 
@@ -103,7 +104,8 @@ create_stream(ssl::context& tls, const connection_string& service, stream_reques
     stream_response response;
     response.stream_name = request.stream_name;
     auto total = request.connect_timeout + request.response_timeout + std::chrono::seconds(10);
-    auto [cf, stream] = co_await connect_tls(tls, service.host(), service.port(), std::chrono::seconds(30));
+    auto connected = co_await connect_tls(tls, service.host(), service.port(), std::chrono::seconds(30));
+    auto& [cf, stream] = connected;
     if (cf)
         co_return std::pair{cf, response};
 
@@ -159,7 +161,8 @@ connect_stream(ssl::context& tls, std::string url, std::string authorization_tok
     auto parsed = parse_wss_url(url);
     if (!parsed)
         co_return std::pair{local_failure("the relay answered an invalid streaming URL"), nullptr};
-    auto [cf, stream] = co_await connect_tls(tls, parsed->host, parsed->port, std::chrono::seconds(30));
+    auto connected = co_await connect_tls(tls, parsed->host, parsed->port, std::chrono::seconds(30));
+    auto& [cf, stream] = connected;
     if (cf)
         co_return std::pair{cf, nullptr};
     auto ws = std::make_shared<wss_stream>(std::move(*stream));

@@ -15,7 +15,8 @@ device_connection::device_connection(std::shared_ptr<wss_stream> ws) : link_(std
 asio::awaitable<std::pair<failure, std::shared_ptr<device_connection>>>
 device_connection::connect(asio::ssl::context& tls, const connection_string& device, std::chrono::seconds token_ttl)
 {
-    auto [cf, stream] = co_await connect_tls(tls, device.host(), device.port(), std::chrono::seconds(30));
+    auto connected = co_await connect_tls(tls, device.host(), device.port(), std::chrono::seconds(30));
+    auto& [cf, stream] = connected;
     if (cf)
         co_return std::pair{cf, nullptr};
     auto ws = std::make_shared<wss_stream>(std::move(*stream));

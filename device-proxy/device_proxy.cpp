@@ -82,7 +82,8 @@ asio::awaitable<void> serve_stream(std::shared_ptr<proxy_state> state, std::shar
     auto ex = co_await asio::this_coro::executor;
     auto socket = std::make_shared<tcp::socket>(ex);
     tcp::resolver resolver(ex);
-    auto [rec, endpoints] = co_await resolver.async_resolve(t.host, std::to_string(t.port), use_nothrow);
+    auto resolved = co_await resolver.async_resolve(t.host, std::to_string(t.port), use_nothrow);
+    auto& [rec, endpoints] = resolved;
     error_code cec = rec;
     if (!rec) {
         asio::steady_timer deadline(ex, state->opts.connect_timeout);
@@ -103,7 +104,8 @@ asio::awaitable<void> serve_stream(std::shared_ptr<proxy_state> state, std::shar
     socket->set_option(tcp::no_delay(true));
     conn->accept(req);
 
-    auto [f, ws] = co_await client::connect_stream(*state->tls, req.url, req.authorization_token);
+    auto joined = co_await client::connect_stream(*state->tls, req.url, req.authorization_token);
+    auto& [f, ws] = joined;
     if (f) {
         log.warn("stream={} streamId={} could not join the streaming endpoint: {}", req.stream_name, req.stream_id,
                  f.describe());
@@ -128,7 +130,8 @@ asio::awaitable<void> control_loop(std::shared_ptr<proxy_state> state)
     asio::steady_timer sleep(co_await asio::this_coro::executor);
     auto backoff = std::chrono::seconds(1);
     while (!state->stopping) {
-        auto [f, conn] = co_await client::device_connection::connect(*state->tls, device);
+        auto connection = co_await client::device_connection::connect(*state->tls, device);
+        auto& [f, conn] = connection;
         std::string why;
         if (f) {
             why = f.describe();
@@ -202,14 +205,16 @@ asio::awaitable<void> report_traffic(std::shared_ptr<proxy_state> state)
 
 int run(const options& o)
 {
+    // Declared first so it is destroyed last: every socket the state still holds must go while
+    // the io_context's services exist (destroying them later corrupted the heap at exit).
+    unsigned threads = thread_count(o.threads);
+    asio::io_context ioc(static_cast<int>(threads));
     auto state = std::make_shared<proxy_state>();
     state->opts = o;
     state->log = make_logger("device-proxy", o.verbose);
     state->tls = std::make_shared<asio::ssl::context>(make_client_tls_context(o.ca_file));
     if (o.cert && o.key)
         use_client_certificate(*state->tls, *o.cert, *o.key);
-    unsigned threads = thread_count(o.threads);
-    asio::io_context ioc(static_cast<int>(threads));
     state->ioc = &ioc;
 
     asio::co_spawn(asio::make_strand(ioc), control_loop(state), asio::detached);

@@ -16,7 +16,8 @@ using namespace sg;
 
 asio::awaitable<void> echo(std::shared_ptr<asio::ssl::context> tls, client::incoming_stream_request req)
 {
-    auto [f, ws] = co_await client::connect_stream(*tls, req.url, req.authorization_token);
+    auto joined = co_await client::connect_stream(*tls, req.url, req.authorization_token);
+    auto& [f, ws] = joined;
     if (f) {
         std::cerr << "cannot join stream " << req.stream_id << ": " << f.describe() << "\n";
         co_return;
@@ -46,7 +47,8 @@ asio::awaitable<void> serve(asio::io_context& ioc, std::shared_ptr<asio::ssl::co
 {
     asio::steady_timer pause(co_await asio::this_coro::executor);
     for (;;) {
-        auto [f, conn] = co_await client::device_connection::connect(*tls, device);
+        auto connection = co_await client::device_connection::connect(*tls, device);
+        auto& [f, conn] = connection;
         if (!f) {
             std::cerr << "Connected to " << device.host_name << " as " << device.device_id << "; waiting for streams"
                       << std::endl;

@@ -14,7 +14,8 @@ using namespace sg;
 asio::awaitable<int> run(std::shared_ptr<asio::ssl::context> tls, connection_string service, client::stream_request request,
                          std::string message)
 {
-    auto [f, response] = co_await client::create_stream(*tls, service, request);
+    auto created = co_await client::create_stream(*tls, service, request);
+    auto& [f, response] = created;
     if (f) {
         std::cerr << "error: cannot create a stream to " << request.device_id << ": " << f.describe() << "\n";
         co_return 1;
@@ -25,7 +26,8 @@ asio::awaitable<int> run(std::shared_ptr<asio::ssl::context> tls, connection_str
         std::cerr << "error: the device rejected the stream: " << response.reason << "\n";
         co_return 1;
     }
-    auto [jf, ws] = co_await client::connect_stream(*tls, response.url, response.authorization_token);
+    auto joined = co_await client::connect_stream(*tls, response.url, response.authorization_token);
+    auto& [jf, ws] = joined;
     if (jf) {
         std::cerr << "error: cannot join the stream: " << jf.describe() << "\n";
         co_return 1;

@@ -141,9 +141,10 @@ asio::awaitable<void> serve_bridge(std::shared_ptr<relay_state> state, tls_strea
     }
 
     co_await timer->async_wait(use_nothrow);
-    bool gave_up = false;
+    bool gave_up = false, device_lost = false;
     {
         std::lock_guard lock(state->streams_mutex);
+        device_lost = s->device_lost;
         if (s->waiting == ws) {
             s->waiting.reset();
             s->waiting_timer.reset();
@@ -152,13 +153,16 @@ asio::awaitable<void> serve_bridge(std::shared_ptr<relay_state> state, tls_strea
         }
     }
     if (gave_up) {
-        state->log->info("event=StreamClosed device={} stream={} streamId={} result=504101 reason=\"{} side never joined\"",
-                         s->device_id, s->stream_name, s->stream_id,
-                         side_name(side == stream_side::service ? stream_side::device : stream_side::service));
-        co_await ws->async_close(websocket::close_reason(websocket::close_code::internal_error,
-                                                         protocol::close_reason_text(codes::gateway_timeout,
-                                                                                     "the other side never joined")),
-                                 use_nothrow);
+        int code = device_lost ? codes::device_connection_closed : codes::gateway_timeout;
+        std::string why = device_lost ? "the device disconnected before joining"
+                                      : std::string(side_name(side == stream_side::service ? stream_side::device
+                                                                                           : stream_side::service)) +
+                                            " side never joined";
+        state->log->info("event=StreamClosed device={} stream={} streamId={} result={} reason=\"{}\"", s->device_id,
+                         s->stream_name, s->stream_id, code, why);
+        co_await ws->async_close(
+            websocket::close_reason(websocket::close_code::internal_error, protocol::close_reason_text(code, why)),
+            use_nothrow);
     }
     // Otherwise the side that joined second runs the pump with this connection.
 }

@@ -135,6 +135,20 @@ void relay_state::revalidate_devices(const std::string& device_id)
     }
 }
 
+void relay_state::abandon_device_streams(const std::string& device_id)
+{
+    auto now = std::chrono::steady_clock::now();
+    std::lock_guard lock(streams_mutex);
+    for (auto& [id, s] : streams) {
+        if (s->device_id != device_id || s->device_joined)
+            continue;
+        s->device_lost = true;
+        s->expires_at = now;
+        if (s->waiting_timer)
+            asio::post(s->waiting_timer->get_executor(), [t = s->waiting_timer] { t->cancel(); });
+    }
+}
+
 asio::awaitable<void> serve_control(std::shared_ptr<relay_state> state, tls_stream stream, request_type req, route r,
                                     std::string peer)
 {
@@ -202,18 +216,21 @@ asio::awaitable<void> serve_control(std::shared_ptr<relay_state> state, tls_stre
             still_current = true;
         }
     }
-    if (still_current)
+    if (still_current) {
         state->reg->set_connection_state(r.device_id, false);
+        state->abandon_device_streams(r.device_id);
+    }
     state->log->info("event=DeviceDisconnected device={} peer={} reason=\"{}\"", r.device_id, peer,
                      is_benign(ec) ? "closed" : ec.message());
 }
 
 asio::awaitable<http::response<http::string_body>> open_stream(std::shared_ptr<relay_state> state, const request_type& req,
-                                                               const route& r)
+                                                               const route& r, const std::string& peer)
 {
     auto resource = "/twins/" + r.device_id + "/streams/" + r.stream_name;
     if (auto f = state->auth->authorize_policy(req[http::field::authorization], permission::service_connect, resource)) {
-        state->log->warn("event=AuthFailed endpoint=streams device={} code={} reason=\"{}\"", r.device_id, f.code, f.message);
+        state->log->warn("event=AuthFailed peer={} endpoint=streams device={} code={} reason=\"{}\"", peer, r.device_id,
+                         f.code, f.message);
         co_return error_response(req, f.code, f.message);
     }
     auto seconds_header = [&](std::string_view name, int fallback) {

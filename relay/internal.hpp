@@ -71,6 +71,7 @@ struct pending_stream {
     stream_side waiting_side = stream_side::service;
     std::shared_ptr<asio::steady_timer> waiting_timer;
     std::shared_ptr<stream_slot> slot; // the stream's place under the limits, released with it
+    bool device_lost = false;          // the device's control connection ended before it joined
 };
 
 struct relay_state {
@@ -94,6 +95,8 @@ struct relay_state {
 
     std::shared_ptr<control_channel> find_device(const std::string& id);
     void expire_streams(); // drops streams nobody joined in time
+    // The device's control connection ended: streams it accepted but never joined are given up now.
+    void abandon_device_streams(const std::string& device_id);
     // Closes control connections whose device was deleted or disabled, or whose key or
     // certificate is no longer registered (all of them when device_id is empty).
     void revalidate_devices(const std::string& device_id = {});
@@ -106,7 +109,8 @@ asio::awaitable<void> serve_control(std::shared_ptr<relay_state> state, tls_stre
 asio::awaitable<void> serve_bridge(std::shared_ptr<relay_state> state, tls_stream stream, request_type req, route r,
                                    std::string peer);
 asio::awaitable<http::response<http::string_body>> open_stream(std::shared_ptr<relay_state> state,
-                                                               const request_type& req, const route& r);
+                                                               const request_type& req, const route& r,
+                                                               const std::string& peer);
 
 http::response<http::string_body> error_response(const request_type& req, int code, std::string_view message);
 

@@ -40,15 +40,19 @@ http::response<http::string_body> json_response(const request_type& req, http::s
     return res;
 }
 
-http::response<http::string_body> handle_device(relay_state& state, const request_type& req, const route& r)
+http::response<http::string_body> handle_device(relay_state& state, const request_type& req, const route& r,
+                                                const std::string& peer)
 {
     bool read_only = req.method() == http::verb::get;
     if (!read_only && req.method() != http::verb::put && req.method() != http::verb::delete_)
         return error_response(req, codes::method_not_allowed, "use GET, PUT or DELETE on /devices/{id}");
     auto path = "/devices/" + r.device_id;
     if (auto f = state.auth->authorize_policy(req[http::field::authorization],
-                                              read_only ? permission::registry_read : permission::registry_write, path))
+                                              read_only ? permission::registry_read : permission::registry_write, path)) {
+        state.log->warn("event=AuthFailed peer={} endpoint=registry device={} code={} reason=\"{}\"", peer, r.device_id,
+                        f.code, f.message);
         return error_response(req, f.code, f.message);
+    }
     std::string if_match(req[http::field::if_match]);
     if (if_match.size() >= 2 && if_match.front() == '"' && if_match.back() == '"')
         if_match = if_match.substr(1, if_match.size() - 2);
@@ -99,29 +103,32 @@ http::response<http::string_body> handle_device(relay_state& state, const reques
 }
 
 asio::awaitable<http::response<http::string_body>> handle_rest(std::shared_ptr<relay_state> state, const request_type& req,
-                                                               const route& r)
+                                                               const route& r, const std::string& peer)
 {
     switch (r.kind) {
     case route_kind::create_stream:
         if (req.method() != http::verb::post)
             co_return error_response(req, codes::method_not_allowed, "use POST to create a stream");
         {
-            auto res = co_await open_stream(state, req, r);
+            auto res = co_await open_stream(state, req, r, peer);
             co_return res;
         }
     case route_kind::device:
-        co_return handle_device(*state, req, r);
+        co_return handle_device(*state, req, r, peer);
     case route_kind::device_list: {
         if (req.method() != http::verb::get)
             co_return error_response(req, codes::method_not_allowed, "use GET on /devices");
-        if (auto f = state->auth->authorize_policy(req[http::field::authorization], permission::registry_read, "/devices"))
+        if (auto f = state->auth->authorize_policy(req[http::field::authorization], permission::registry_read, "/devices")) {
+            state->log->warn("event=AuthFailed peer={} endpoint=registry code={} reason=\"{}\"", peer, f.code, f.message);
             co_return error_response(req, f.code, f.message);
+        }
         json::array list;
         for (auto& d : state->reg->list_devices())
             list.push_back(to_json(d));
         co_return json_response(req, http::status::ok, list);
     }
     case route_kind::invalid:
+        state->log->warn("event=BadRequest peer={} reason=\"{}\"", peer, r.reason);
         co_return error_response(req, r.reason == "invalid device id" ? codes::invalid_device_id : codes::bad_request, r.reason);
     case route_kind::device_control:
     case route_kind::bridge:
@@ -156,7 +163,7 @@ asio::awaitable<void> serve_connection(std::shared_ptr<relay_state> state, tcp::
     tcp_layer.expires_after(state->options.handshake_timeout);
     auto [hec] = co_await stream.async_handshake(asio::ssl::stream_base::server, use_nothrow);
     if (hec) {
-        state->log->debug("peer={} TLS handshake failed: {}", peer, hec.message());
+        state->log->info("event=HandshakeFailed peer={} reason=\"{}\"", peer, hec.message());
         co_return;
     }
     beast::flat_buffer buffer;
@@ -169,7 +176,7 @@ asio::awaitable<void> serve_connection(std::shared_ptr<relay_state> state, tcp::
         auto [rec, n] = co_await http::async_read(stream, buffer, parser, use_nothrow);
         if (rec) {
             if (rec != http::error::end_of_stream && !is_benign(rec))
-                state->log->info("peer={} bad request: {}", peer, rec.message());
+                state->log->warn("event=BadRequest peer={} reason=\"{}\"", peer, rec.message());
             if (rec == http::error::header_limit || rec == http::error::body_limit || rec == http::error::bad_target ||
                 rec.category() == http::make_error_code(http::error::bad_method).category()) {
                 request_type dummy;
@@ -189,7 +196,7 @@ asio::awaitable<void> serve_connection(std::shared_ptr<relay_state> state, tcp::
                 co_await serve_bridge(state, std::move(stream), std::move(req), std::move(r), peer);
             co_return;
         }
-        auto res = co_await handle_rest(state, req, r);
+        auto res = co_await handle_rest(state, req, r, peer);
         tcp_layer.expires_after(std::chrono::seconds(30));
         auto [wec, wn] = co_await http::async_write(stream, res, use_nothrow);
         if (wec || !res.keep_alive())
@@ -208,7 +215,8 @@ namespace {
 asio::awaitable<void> accept_loop(std::shared_ptr<relay_state> state, tcp::acceptor& acceptor, asio::io_context& ioc)
 {
     while (!state->stopping) {
-        auto [ec, socket] = co_await acceptor.async_accept(asio::make_strand(ioc), use_nothrow);
+        auto accepted = co_await acceptor.async_accept(asio::make_strand(ioc), use_nothrow);
+        auto& [ec, socket] = accepted;
         if (ec) {
             if (ec == asio::error::operation_aborted || state->stopping)
                 co_return;
@@ -258,6 +266,9 @@ asio::awaitable<void> housekeeping(std::shared_ptr<relay_state> state)
 int run_relay(const relay_options& options)
 {
     auto log = make_logger("relay", options.verbose);
+    // Declared first so it is destroyed last: every socket the state still holds must go while
+    // the io_context's services exist (destroying them later corrupted the heap at exit).
+    asio::io_context ioc(static_cast<int>(thread_count(options.threads)));
     auto state = std::make_shared<relay_state>();
     state->options = options;
     state->log = log;
@@ -285,7 +296,6 @@ int run_relay(const relay_options& options)
         rules.push_back(parse_ip_rule(text));
     state->filter = ip_filter(std::move(rules));
 
-    asio::io_context ioc(static_cast<int>(thread_count(options.threads)));
     tcp::acceptor acceptor(ioc);
     error_code ec;
     auto address = listen.host.empty() ? asio::ip::address_v6::any() : asio::ip::make_address(listen.host, ec);

@@ -78,7 +78,8 @@ asio::awaitable<std::pair<failure, std::shared_ptr<wss_stream>>> open_stream(std
 {
     client::stream_request request{state->opts.device_id, state->opts.stream_name, state->opts.connect_timeout,
                                    state->opts.response_timeout};
-    auto [f, response] = co_await client::create_stream(*state->tls, state->opts.service, request);
+    auto created = co_await client::create_stream(*state->tls, state->opts.service, request);
+    auto& [f, response] = created;
     if (f)
         co_return std::pair{f, nullptr};
     state->log->info("Stream response received: Name={} IsAccepted={}", response.stream_name,
@@ -95,7 +96,8 @@ asio::awaitable<void> serve_local(std::shared_ptr<proxy_state> state, std::share
     error_code ec;
     auto peer = local->remote_endpoint(ec);
     local->set_option(tcp::no_delay(true), ec);
-    auto [f, ws] = co_await open_stream(state);
+    auto opened = co_await open_stream(state);
+    auto& [f, ws] = opened;
     if (f) {
         state->log->error("cannot open a stream to {} for {}: {}", state->opts.device_id,
                           peer.address().to_string() + ":" + std::to_string(peer.port()), f.describe());
@@ -113,7 +115,8 @@ asio::awaitable<void> serve_local(std::shared_ptr<proxy_state> state, std::share
 asio::awaitable<void> accept_loop(std::shared_ptr<proxy_state> state, std::shared_ptr<tcp::acceptor> acceptor)
 {
     for (;;) {
-        auto [ec, socket] = co_await acceptor->async_accept(asio::make_strand(*state->ioc), use_nothrow);
+        auto accepted = co_await acceptor->async_accept(asio::make_strand(*state->ioc), use_nothrow);
+        auto& [ec, socket] = accepted;
         if (ec == asio::error::operation_aborted)
             co_return;
         if (ec) {
@@ -127,7 +130,8 @@ asio::awaitable<void> accept_loop(std::shared_ptr<proxy_state> state, std::share
 
 asio::awaitable<void> serve_stdio(std::shared_ptr<proxy_state> state)
 {
-    auto [f, ws] = co_await open_stream(state);
+    auto opened = co_await open_stream(state);
+    auto& [f, ws] = opened;
     if (f) {
         state->log->error("cannot open a stream to {}: {}", state->opts.device_id, f.describe());
         state->exit_code = 1;
@@ -148,12 +152,14 @@ asio::awaitable<void> serve_stdio(std::shared_ptr<proxy_state> state)
 
 int run(const options& o)
 {
+    // Declared first so it is destroyed last: every socket the state still holds must go while
+    // the io_context's services exist (destroying them later corrupted the heap at exit).
+    unsigned threads = o.stdio ? 1 : thread_count(o.threads);
+    asio::io_context ioc(static_cast<int>(threads));
     auto state = std::make_shared<proxy_state>();
     state->opts = o;
     state->log = make_logger("service-proxy", o.verbose);
     state->tls = std::make_shared<asio::ssl::context>(make_client_tls_context(o.ca_file));
-    unsigned threads = o.stdio ? 1 : thread_count(o.threads);
-    asio::io_context ioc(static_cast<int>(threads));
     state->ioc = &ioc;
 
     std::shared_ptr<tcp::acceptor> acceptor;

@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <pwd.h>
 #include <signal.h>
+#include <sched.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -14,11 +15,13 @@
 
 #include <atomic>
 #include <cerrno>
+#include <dirent.h>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <mutex>
 #include <regex>
 #include <sstream>
@@ -77,6 +80,14 @@ bool wait_until(const std::function<bool()>& pred, millis timeout, millis poll) 
 
 bool contains(const std::string& haystack, const std::string& needle) {
     return haystack.find(needle) != std::string::npos;
+}
+
+std::size_t count_of(const std::string& haystack, const std::string& needle) {
+    std::size_t n = 0;
+    for (auto pos = haystack.find(needle); pos != std::string::npos;
+         pos = haystack.find(needle, pos + needle.size()))
+        ++n;
+    return n;
 }
 
 std::string trim(std::string s) {
@@ -467,9 +478,10 @@ int free_port() {
     return bound_port(fd.get());
 }
 
-bool port_listening(int port) {
-    for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
-        std::ifstream in(table);
+namespace {
+bool listening_in_tables(const std::string& proc_net, int port) {
+    for (const char* table : {"/tcp", "/tcp6"}) {
+        std::ifstream in(proc_net + table);
         std::string line;
         std::getline(in, line);  // header
         while (std::getline(in, line)) {
@@ -484,6 +496,13 @@ bool port_listening(int port) {
     }
     return false;
 }
+}  // namespace
+
+bool port_listening(int port) { return listening_in_tables("/proc/net", port); }
+
+bool port_listening_in(pid_t pid, int port) {
+    return listening_in_tables("/proc/" + std::to_string(pid) + "/net", port);
+}
 
 bool wait_for_port(int port, millis timeout) {
     return wait_until([port] { return port_listening(port); }, timeout);
@@ -496,6 +515,153 @@ unique_fd connect_tcp(int port) {
     if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0)
         throw_errno("connect 127.0.0.1:" + std::to_string(port));
     return fd;
+}
+
+std::string connect_result::describe() const {
+    return (error == 0 ? std::string("connected") : std::string(std::strerror(error))) + " after " +
+           std::to_string(elapsed.count()) + " ms";
+}
+
+connect_result try_connect(const std::string& ipv4, int port, millis timeout) {
+    connect_result r;
+    const auto started = steady::now();
+    auto done = [&](int error) {
+        r.error = error;
+        r.elapsed = std::chrono::duration_cast<millis>(steady::now() - started);
+        if (error != 0) r.fd.reset();
+        return std::move(r);
+    };
+    r.fd = unique_fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    if (!r.fd) return done(errno);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<uint16_t>(port));
+    if (::inet_pton(AF_INET, ipv4.c_str(), &a.sin_addr) != 1) return done(EINVAL);
+    if (::connect(r.fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+        if (errno != EINPROGRESS) return done(errno);
+        const auto deadline = steady::now() + timeout;
+        for (;;) {
+            pollfd p{r.fd.get(), POLLOUT, 0};
+            int n = ::poll(&p, 1, std::max(1, remaining_ms(deadline)));
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0) return done(errno);
+            if (n == 0) return done(ETIMEDOUT);
+            int err = 0;
+            socklen_t len = sizeof err;
+            ::getsockopt(r.fd.get(), SOL_SOCKET, SO_ERROR, &err, &len);
+            if (err != 0) return done(err);
+            break;
+        }
+    }
+    ::fcntl(r.fd.get(), F_SETFL, ::fcntl(r.fd.get(), F_GETFL) & ~O_NONBLOCK);
+    return done(0);
+}
+
+closed_result wait_closed(int fd, millis timeout) {
+    closed_result c;
+    const auto started = steady::now();
+    const auto deadline = started + timeout;
+    std::vector<char> buf(64 * 1024);
+    for (;;) {
+        const int left = remaining_ms(deadline);
+        if (left == 0) {
+            c.how = "timed out";
+            break;
+        }
+        pollfd p{fd, POLLIN, 0};
+        int n = ::poll(&p, 1, std::min(left, 100));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) continue;
+        ssize_t got = ::recv(fd, buf.data(), buf.size(), MSG_DONTWAIT);
+        if (got > 0) {
+            c.received += static_cast<std::size_t>(got);
+            continue;
+        }
+        if (got < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+        c.closed = true;
+        c.how = got == 0 ? std::string("EOF") : std::string("recv: ") + std::strerror(errno);
+        break;
+    }
+    c.elapsed = std::chrono::duration_cast<millis>(steady::now() - started);
+    return c;
+}
+
+std::size_t tcp_queued_bytes(const std::vector<int>& ports) {
+    std::size_t total = 0;
+    auto port_of = [](const std::string& address) {
+        auto colon = address.rfind(':');
+        return colon == std::string::npos ? -1 : std::stoi(address.substr(colon + 1), nullptr, 16);
+    };
+    for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+        std::ifstream in(table);
+        std::string line;
+        std::getline(in, line);  // header
+        while (std::getline(in, line)) {
+            // "sl local_address rem_address st tx_queue:rx_queue ..." (hex)
+            std::istringstream fields(line);
+            std::string sl, local, remote, state, queues;
+            fields >> sl >> local >> remote >> state >> queues;
+            if (state == "0A") continue;  // LISTEN: rx_queue is the accept backlog
+            const int lp = port_of(local), rp = port_of(remote);
+            if (std::find(ports.begin(), ports.end(), lp) == ports.end() &&
+                std::find(ports.begin(), ports.end(), rp) == ports.end())
+                continue;
+            auto colon = queues.find(':');
+            if (colon == std::string::npos) continue;
+            total += std::stoul(queues.substr(0, colon), nullptr, 16) + std::stoul(queues.substr(colon + 1), nullptr, 16);
+        }
+    }
+    return total;
+}
+
+std::string describe_fds(pid_t pid) {
+    const std::string base = "/proc/" + std::to_string(pid);
+    // socket inode -> "local remote state" (hex, as in /proc/net/tcp)
+    std::map<std::string, std::string> sockets;
+    for (const char* table : {"/net/tcp", "/net/tcp6"}) {
+        std::ifstream in(base + table);
+        std::string line;
+        std::getline(in, line);
+        while (std::getline(in, line)) {
+            std::istringstream f(line);
+            std::string sl, local, remote, state, queues, tr, retr, uid, timeout, inode;
+            f >> sl >> local >> remote >> state >> queues >> tr >> retr >> uid >> timeout >> inode;
+            sockets[inode] = "tcp " + local + " -> " + remote + " st " + state;
+        }
+    }
+    std::ostringstream out;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(base + "/fd", ec)) {
+        std::string target = fs::read_symlink(e.path(), ec).string();
+        out << e.path().filename().string() << " -> " << target;
+        if (target.rfind("socket:[", 0) == 0) {
+            auto it = sockets.find(target.substr(8, target.size() - 9));
+            if (it != sockets.end()) out << " " << it->second;
+        }
+        out << "\n";
+    }
+    return out.str();
+}
+
+std::optional<long> rss_kib(pid_t pid) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+    std::string line;
+    while (std::getline(in, line)) {
+        if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
+    }
+    return std::nullopt;
+}
+
+int open_fd_count(pid_t pid) {
+    const std::string dir = "/proc/" + std::to_string(pid) + "/fd";
+    DIR* d = ::opendir(dir.c_str());
+    if (d == nullptr) return -1;
+    int n = 0;
+    while (dirent* e = ::readdir(d)) {
+        if (e->d_name[0] != '.') ++n;
+    }
+    ::closedir(d);
+    return n;
 }
 
 tcp_listener::tcp_listener() : fd_(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
@@ -597,8 +763,12 @@ struct echo_server::impl {
     std::atomic<bool> stop{false};
     std::atomic<int> accepted{0};
     std::atomic<int> open{0};
+    struct connection {
+        std::thread thread;
+        std::shared_ptr<std::atomic<bool>> done = std::make_shared<std::atomic<bool>>(false);
+    };
     std::mutex m;
-    std::vector<std::thread> connections;
+    std::vector<connection> connections;
     std::thread acceptor;
 
     void serve(unique_fd fd) {
@@ -625,18 +795,32 @@ struct echo_server::impl {
         }
     }
 
+    // Joins the threads of connections that are over (thousands of streams in one test).
+    void reap_finished() {
+        std::lock_guard lock(m);
+        std::erase_if(connections, [](connection& c) {
+            if (!c.done->load()) return false;
+            c.thread.join();
+            return true;
+        });
+    }
+
     impl() {
         acceptor = std::thread([this] {
             while (!stop) {
                 unique_fd fd = listener.accept(100ms);
+                reap_finished();
                 if (!fd) continue;
                 ++accepted;
                 ++open;
                 std::lock_guard lock(m);
-                connections.emplace_back([this, f = std::move(fd)]() mutable {
+                connection c;
+                c.thread = std::thread([this, f = std::move(fd), done = c.done]() mutable {
                     serve(std::move(f));
                     --open;
+                    *done = true;
                 });
+                connections.push_back(std::move(c));
             }
         });
     }
@@ -644,7 +828,7 @@ struct echo_server::impl {
     ~impl() {
         stop = true;
         acceptor.join();
-        for (auto& t : connections) t.join();
+        for (auto& c : connections) c.thread.join();
     }
 };
 
@@ -654,22 +838,48 @@ int echo_server::port() const { return impl_->listener.port(); }
 int echo_server::connections_accepted() const { return impl_->accepted; }
 int echo_server::connections_open() const { return impl_->open; }
 
+unique_fd open_echo_stream(int port, std::size_t probe) {
+    unique_fd conn = connect_tcp(port);
+    const bytes data = random_bytes(probe);
+    transfer_result r = transfer(conn.get(), data, {.receive_exactly = probe, .timeout = k_connect_timeout});
+    INFO("echo probe through port " << port << ": " << r.error);
+    REQUIRE(r.ok());
+    REQUIRE(r.received_sha256 == sha256_hex(data));
+    return conn;
+}
+
 // ---------------------------------------------------------------------------------------------
 // relay_fixture
 
-relay_fixture::relay_fixture() : data_dir_(dir_ / "sg"), port_(free_port()) {
+relay_fixture::relay_fixture() : relay_fixture(relay_config{}) {}
+
+relay_fixture::relay_fixture(relay_config config)
+    : config_(std::move(config)), data_dir_(dir_ / "sg"), port_(free_port()) {
     // The data dir is not created here: the relay's first start must create it.
-    relay_ = spawn("relay", {bin::relay, "--data-dir", data_dir_.string(), "--listen",
-                             "127.0.0.1:" + std::to_string(port_)});
+    start();
+}
+
+bool relay_fixture::listening() { return relay_->running() && port_listening_in(relay_->pid(), port_); }
+
+void relay_fixture::start() {
+    std::vector<std::string> argv = config_.prefix;
+    argv.insert(argv.end(), {bin::relay, "--data-dir", data_dir_.string(), "--listen",
+                             config_.listen_host + ":" + std::to_string(port_)});
+    argv.insert(argv.end(), config_.args.begin(), config_.args.end());
+    relay_ = spawn("relay", std::move(argv));
     // Ready = listening and its CA written (the relay may listen before it writes ca.pem).
-    bool up = wait_until(
-        [&] { return !relay_->running() || (port_listening(port_) && fs::exists(ca_file())); },
-        k_start_timeout);
+    bool up = wait_until([&] { return !relay_->running() || (listening() && fs::exists(ca_file())); },
+                         k_start_timeout);
     INFO(relay_->describe());
     REQUIRE(relay_->running());
-    REQUIRE(port_listening(port_));
+    REQUIRE(listening());
     REQUIRE(fs::exists(ca_file()));
     REQUIRE(up);
+}
+
+std::optional<int> relay_fixture::stop(int sig, millis timeout) {
+    relay_->kill(sig);
+    return relay_->wait_exit(timeout);
 }
 
 run_result relay_fixture::admin(const std::vector<std::string>& args) {
@@ -709,6 +919,14 @@ bool relay_fixture::device_connected(const std::string& id) {
     run_result r = admin({"device-identity", "show", "--device-id", id});
     static const std::regex connected(R"re("connectionState"\s*:\s*"Connected")re");
     return r.exit_code == 0 && std::regex_search(r.out, connected);
+}
+
+std::string relay_fixture::connection_state(const std::string& id) {
+    run_result r = admin({"device-identity", "show", "--device-id", id});
+    static const std::regex state(R"re("connectionState"\s*:\s*"([A-Za-z]*)")re");
+    std::smatch m;
+    if (r.exit_code != 0 || !std::regex_search(r.out, m, state)) return "";
+    return m[1];
 }
 
 bool relay_fixture::wait_device_connected(const std::string& id, process& device_side,
@@ -752,7 +970,9 @@ std::string with_wrong_key(const std::string& connection_string) {
 // ---------------------------------------------------------------------------------------------
 // sshd_fixture
 
-sshd_fixture::sshd_fixture()
+sshd_fixture::sshd_fixture() : sshd_fixture(std::vector<std::string>{}) {}
+
+sshd_fixture::sshd_fixture(std::vector<std::string> prefix)
     : port_(free_port()), host_key_(dir_ / "ssh_host_ed25519_key"), user_key_(dir_ / "id_ed25519") {
     const passwd* pw = ::getpwuid(::geteuid());
     REQUIRE(pw != nullptr);
@@ -788,11 +1008,11 @@ sshd_fixture::sshd_fixture()
     }
     if (::geteuid() == 0) fs::create_directories("/run/sshd");  // privilege separation dir
 
-    sshd_ = std::make_unique<process>("sshd",
-                                      std::vector<std::string>{"/usr/sbin/sshd", "-D", "-e", "-f",
-                                                               config.string()},
-                                      dir_.path());
-    bool up = wait_until([&] { return !sshd_->running() || port_listening(port_); }, k_start_timeout);
+    std::vector<std::string> argv = std::move(prefix);
+    argv.insert(argv.end(), {"/usr/sbin/sshd", "-D", "-e", "-f", config.string()});
+    sshd_ = std::make_unique<process>("sshd", std::move(argv), dir_.path());
+    bool up = wait_until(
+        [&] { return !sshd_->running() || port_listening_in(sshd_->pid(), port_); }, k_start_timeout);
     INFO(sshd_->describe());
     REQUIRE(up);
     REQUIRE(sshd_->running());
@@ -809,15 +1029,15 @@ bytes sshd_fixture::host_key_blob() const {
 // ---------------------------------------------------------------------------------------------
 // tunnel_fixture
 
-tunnel_fixture::tunnel_fixture(const tunnel_options& opt) {
+tunnel_fixture::tunnel_fixture(const tunnel_options& opt) : relay(relay_config{.args = opt.relay_args}) {
     device_connection_string = relay.create_device(device_id);
     service_connection_string = relay.service_connection_string();
 
-    std::vector<std::string> dp = {bin::device_proxy, "--ca-file", relay.ca_file().string(),
-                                   device_connection_string, opt.target_host,
-                                   std::to_string(opt.target_port)};
-    dp.insert(dp.end(), opt.device_proxy_args.begin(), opt.device_proxy_args.end());
-    device_proxy = relay.spawn("device-proxy", std::move(dp));
+    device_proxy_argv = {bin::device_proxy, "--ca-file", relay.ca_file().string(),
+                         device_connection_string, opt.target_host, std::to_string(opt.target_port)};
+    device_proxy_argv.insert(device_proxy_argv.end(), opt.device_proxy_args.begin(),
+                             opt.device_proxy_args.end());
+    device_proxy = relay.spawn("device-proxy", device_proxy_argv);
     {
         bool connected = relay.wait_device_connected(device_id, *device_proxy);
         INFO(device_proxy->describe());
@@ -826,10 +1046,21 @@ tunnel_fixture::tunnel_fixture(const tunnel_options& opt) {
 
     if (!opt.start_service_proxy) return;
     local_port = free_port();
-    std::vector<std::string> sp = {bin::service_proxy, "--ca-file", relay.ca_file().string()};
-    sp.insert(sp.end(), opt.service_proxy_args.begin(), opt.service_proxy_args.end());
-    sp.insert(sp.end(), {service_connection_string, device_id, std::to_string(local_port)});
-    service_proxy = relay.spawn("service-proxy", std::move(sp));
+    service_proxy_argv = {bin::service_proxy, "--ca-file", relay.ca_file().string()};
+    service_proxy_argv.insert(service_proxy_argv.end(), opt.service_proxy_args.begin(),
+                              opt.service_proxy_args.end());
+    service_proxy_argv.insert(service_proxy_argv.end(),
+                              {service_connection_string, device_id, std::to_string(local_port)});
+    respawn_service_proxy();
+}
+
+void tunnel_fixture::respawn_device_proxy() {
+    device_proxy = relay.spawn("device-proxy", device_proxy_argv);
+}
+
+void tunnel_fixture::respawn_service_proxy() {
+    REQUIRE_FALSE(service_proxy_argv.empty());
+    service_proxy = relay.spawn("service-proxy", service_proxy_argv);
     bool up = wait_until([&] { return !service_proxy->running() || port_listening(local_port); },
                          k_start_timeout);
     INFO(service_proxy->describe());
@@ -840,6 +1071,53 @@ tunnel_fixture::tunnel_fixture(const tunnel_options& opt) {
 std::unique_ptr<process> tunnel_fixture::stdio_service_proxy(int fd,
                                                              const std::vector<std::string>& options) {
     return spawn_stdio_service_proxy(relay, service_connection_string, device_id, fd, options);
+}
+
+// ---------------------------------------------------------------------------------------------
+// netns
+
+namespace {
+void run_checked(const std::vector<std::string>& argv) {
+    run_result r = run(argv);
+    if (r.exit_code != 0) throw std::runtime_error(describe(argv, r));
+}
+}  // namespace
+
+netns::netns(std::string name) : name_(std::move(name)) {
+    run_checked({"ip", "netns", "add", name_});
+    try {
+        ip({"link", "set", "lo", "up"});
+    } catch (...) {
+        run({"ip", "netns", "delete", name_});
+        throw;
+    }
+}
+
+netns::~netns() {
+    run_result r = run({"ip", "netns", "delete", name_});
+    if (r.exit_code != 0) std::cerr << "[sg-it] cannot delete netns " << name_ << ": " << r.err << "\n";
+}
+
+void netns::ip(const std::vector<std::string>& args) const {
+    std::vector<std::string> argv = {"ip", "-n", name_};
+    argv.insert(argv.end(), args.begin(), args.end());
+    run_checked(argv);
+}
+
+void netns::run_inside(const std::function<void()>& fn) const {
+    std::exception_ptr error;
+    std::thread t([&] {
+        try {
+            unique_fd ns(::open(("/var/run/netns/" + name_).c_str(), O_RDONLY | O_CLOEXEC));
+            if (!ns) throw_errno("open /var/run/netns/" + name_);
+            if (::setns(ns.get(), CLONE_NEWNET) != 0) throw_errno("setns " + name_);
+            fn();
+        } catch (...) {
+            error = std::current_exception();
+        }
+    });
+    t.join();
+    if (error) std::rethrow_exception(error);
 }
 
 }  // namespace sgit

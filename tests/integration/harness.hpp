@@ -15,6 +15,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <csignal>
 #include <cstddef>
 #include <filesystem>
 #include <functional>
@@ -66,6 +67,8 @@ bool current_test_failed();
 bool wait_until(const std::function<bool()>& pred, millis timeout, millis poll = 20ms);
 
 bool contains(const std::string& haystack, const std::string& needle);
+// Number of (non-overlapping) occurrences of `needle` in `haystack`.
+std::size_t count_of(const std::string& haystack, const std::string& needle);
 std::string trim(std::string s);
 std::string read_file(const std::filesystem::path& p);
 void write_file(const std::filesystem::path& p, std::span<const unsigned char> data);
@@ -195,6 +198,45 @@ bool wait_for_port(int port, millis timeout = k_start_timeout);
 // Connects to 127.0.0.1:port (blocking socket, close-on-exec); throws on failure.
 unique_fd connect_tcp(int port);
 
+// Connects to ipv4:port without throwing, giving up after `timeout`: the connected (blocking)
+// socket, or the errno (ETIMEDOUT after the timeout) and how long the attempt took.
+struct connect_result {
+    unique_fd fd;
+    int error = 0;
+    millis elapsed{0};
+    bool ok() const { return error == 0; }
+    std::string describe() const;  // "connected" or the strerror, with the time taken
+};
+connect_result try_connect(const std::string& ipv4, int port, millis timeout = 5s);
+
+// Reads and discards until the peer closes (EOF or an error such as a reset) or `timeout` passes.
+struct closed_result {
+    bool closed = false;       // EOF or error before the timeout
+    std::string how;           // "EOF", "recv: Connection reset by peer", "timed out"
+    std::size_t received = 0;  // bytes discarded on the way
+    millis elapsed{0};
+};
+closed_result wait_closed(int fd, millis timeout);
+
+// ---------------------------------------------------------------------------------------------
+// /proc probes (Linux).
+
+// Bytes the kernel holds in the send and receive queues (tx_queue + rx_queue of /proc/net/tcp{,6})
+// of every connected TCP socket whose local or remote port is one of `ports`, in this network
+// namespace: what a chain of connections buffers outside the processes.
+std::size_t tcp_queued_bytes(const std::vector<int>& ports);
+
+// VmRSS of a process in KiB; nullopt once it is gone.
+std::optional<long> rss_kib(pid_t pid);
+// Number of open file descriptors (entries of /proc/PID/fd); -1 once it is gone.
+int open_fd_count(pid_t pid);
+// One line per open descriptor: "fd -> target", TCP sockets with their addresses and state
+// (from /proc/PID/net/tcp{,6}): for messages about descriptor leaks.
+std::string describe_fds(pid_t pid);
+// True if a socket is in LISTEN state on `port` in the network namespace of process `pid`
+// (reads /proc/PID/net/tcp{,6}).
+bool port_listening_in(pid_t pid, int port);
+
 // A listening socket on 127.0.0.1:<ephemeral>.
 class tcp_listener {
 public:
@@ -242,11 +284,22 @@ private:
     std::unique_ptr<impl> impl_;
 };
 
+// Connects to a service proxy's local port whose device forwards to an echo target, and
+// round-trips `probe` random bytes: the stream is established end to end. REQUIREs success.
+unique_fd open_echo_stream(int port, std::size_t probe = 4096);
+
 // ---------------------------------------------------------------------------------------------
 // The relay on a fresh data dir and a free loopback port.
+struct relay_config {
+    std::vector<std::string> args{};    // extra options, e.g. {"--ping-interval", "1"}
+    std::vector<std::string> prefix{};  // command prefix, e.g. {"ip", "netns", "exec", "ns"}
+    std::string listen_host = "127.0.0.1";
+};
+
 class relay_fixture {
 public:
     relay_fixture();
+    explicit relay_fixture(relay_config config);
     relay_fixture(const relay_fixture&) = delete;
     relay_fixture& operator=(const relay_fixture&) = delete;
 
@@ -254,7 +307,17 @@ public:
     const std::filesystem::path& data_dir() const { return data_dir_; }
     std::filesystem::path ca_file() const { return data_dir_ / "ca.pem"; }
     int port() const { return port_; }
+    const std::string& listen_host() const { return config_.listen_host; }
     process& relay() { return *relay_; }
+
+    // Sends `sig` to the relay and waits up to `timeout` for it to exit: its exit code (128 + N
+    // when killed by signal N), or nullopt if it is still running.
+    std::optional<int> stop(int sig = SIGKILL, millis timeout = k_start_timeout);
+    // Starts the relay again (same data dir, port and options) after stop(); REQUIREs that it
+    // listens.
+    void start();
+    // The relay's port is in LISTEN state (seen from the relay's network namespace).
+    bool listening();
 
     // `streamgate-relay --data-dir D <args...>`
     run_result admin(const std::vector<std::string>& args);
@@ -264,6 +327,8 @@ public:
     std::string service_connection_string();
     // `device-identity show` says "connectionState": "Connected".
     bool device_connected(const std::string& id);
+    // The device's "connectionState" ("Connected", "Disconnected"), or "" if `show` failed.
+    std::string connection_state(const std::string& id);
     // Waits until `id` is Connected, giving up early if `device_side` or the relay exits (a relay
     // that exited is reported as a failed CHECK).
     bool wait_device_connected(const std::string& id, process& device_side,
@@ -274,6 +339,7 @@ public:
                                    int stdio_fd = -1);
 
 private:
+    relay_config config_;
     temp_dir dir_;
     std::filesystem::path data_dir_;
     int port_ = 0;
@@ -297,6 +363,9 @@ std::string with_wrong_key(const std::string& connection_string);
 class sshd_fixture {
 public:
     sshd_fixture();
+    // sshd run through a command prefix (e.g. `ip netns exec NS`), still on 127.0.0.1 of the
+    // network namespace it runs in.
+    explicit sshd_fixture(std::vector<std::string> prefix);
     sshd_fixture(const sshd_fixture&) = delete;
     sshd_fixture& operator=(const sshd_fixture&) = delete;
 
@@ -328,6 +397,7 @@ struct tunnel_options {
     std::vector<std::string> device_proxy_args{};  // appended after the positionals (--service …)
     bool start_service_proxy = true;
     std::vector<std::string> service_proxy_args{};  // options placed before the positionals
+    std::vector<std::string> relay_args{};          // extra relay options (--ping-interval …)
 };
 
 class tunnel_fixture {
@@ -345,6 +415,37 @@ public:
     // A `--stdio` service proxy for this tunnel's device with stdin/stdout on `fd`.
     std::unique_ptr<process> stdio_service_proxy(int fd,
                                                  const std::vector<std::string>& options = {});
+
+    // Starts the device proxy again with the same command line, replacing `device_proxy` (kill
+    // it first); does not wait for it to connect.
+    void respawn_device_proxy();
+    // Starts the service proxy again on the same local port; REQUIREs that it listens.
+    void respawn_service_proxy();
+
+    std::vector<std::string> device_proxy_argv;
+    std::vector<std::string> service_proxy_argv;  // empty unless start_service_proxy
+};
+
+// ---------------------------------------------------------------------------------------------
+// A network namespace (`ip netns add NAME`), deleted on destruction (with the interfaces in it).
+class netns {
+public:
+    // Throws std::runtime_error (with the output of `ip`) if it cannot be created.
+    explicit netns(std::string name);
+    ~netns();
+    netns(const netns&) = delete;
+    netns& operator=(const netns&) = delete;
+    const std::string& name() const { return name_; }
+    // {"ip", "netns", "exec", NAME}: prefix for processes that must run inside.
+    std::vector<std::string> prefix() const { return {"ip", "netns", "exec", name_}; }
+    // `ip -n NAME <args…>`; throws with the command's stderr when it fails.
+    void ip(const std::vector<std::string>& args) const;
+    // Runs `fn` on a thread that entered this namespace (setns): sockets made there live in the
+    // namespace. Exceptions from `fn` are rethrown here.
+    void run_inside(const std::function<void()>& fn) const;
+
+private:
+    std::string name_;
 };
 
 }  // namespace sgit
