@@ -373,7 +373,8 @@ TEST_CASE("chaos: concurrent streams while the device proxy and the relay are ki
             std::this_thread::sleep_for(std::min<millis>(pick_ms(1500, 4000),
                                                          std::chrono::duration_cast<millis>(end - steady::now())));
             if (steady::now() >= end) break;
-            const bool kill_relay = relay_too && relay_kills < 3 && rng() % 2 == 0;
+            // The relay is killed at least once (the second kill, if chance has not picked it before).
+            const bool kill_relay = relay_too && relay_kills < 3 && ((relay_kills == 0 && device_kills > 0) || rng() % 2 == 0);
             if (kill_relay) {
                 events << at() << "s kill -9 relay\n";
                 REQUIRE(tunnel.relay.stop(SIGKILL).has_value());

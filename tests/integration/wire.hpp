@@ -218,7 +218,7 @@ struct wire_result {
 };
 
 inline std::filesystem::path wire_client_script() {
-    return std::filesystem::path(__FILE__).parent_path() / "wire_client.py";
+    return SG_WIRE_CLIENT; // absolute, from CMake: __FILE__ is relative under ccache's base_dir
 }
 
 // Runs `python3 wire_client.py --port P --ca CA <args…>` against the relay.
