@@ -118,7 +118,8 @@ asio::awaitable<void> create_worker(std::shared_ptr<shared_run> run, connection_
         for (int attempt = 0; attempt < 3 && !done; ++attempt) {
             if (!stream) {
                 auto connected = co_await client::connect_tls(*run->tls, policy.host(), policy.port(), std::chrono::seconds(30));
-                auto& [f, s] = connected; // named first: g++ 12 double-destroys co_await structured bindings
+                auto& f = std::get<0>(connected);
+                auto& s = std::get<1>(connected);
                 if (f) {
                     run->note_error(f.describe());
                     continue;
@@ -214,7 +215,8 @@ asio::awaitable<void> connect_worker(std::shared_ptr<shared_run> run)
             auto t0 = clock_type::now();
             auto connected = co_await asio::co_spawn(strand, client::device_connection::connect(*run->tls, cs),
                                                      asio::use_awaitable);
-            auto& [f, conn] = connected;
+            auto& f = std::get<0>(connected);
+            auto& conn = std::get<1>(connected);
             if (f) {
                 run->note_error(cs.device_id + ": " + f.describe());
                 continue;

@@ -71,7 +71,8 @@ connect_tls(ssl::context& tls, std::string host, std::uint16_t port, std::chrono
     auto ex = co_await asio::this_coro::executor;
     tcp::resolver resolver(ex);
     auto resolved = co_await resolver.async_resolve(host, std::to_string(port), use_nothrow);
-    auto& [rec, endpoints] = resolved;
+    auto& rec = std::get<0>(resolved);
+    auto& endpoints = std::get<1>(resolved);
     if (rec)
         co_return std::pair{local_failure("cannot resolve relay " + host + ": " + rec.message()), nullptr};
 
@@ -105,7 +106,8 @@ create_stream(ssl::context& tls, const connection_string& service, stream_reques
     response.stream_name = request.stream_name;
     auto total = request.connect_timeout + request.response_timeout + std::chrono::seconds(10);
     auto connected = co_await connect_tls(tls, service.host(), service.port(), std::chrono::seconds(30));
-    auto& [cf, stream] = connected;
+    auto& cf = std::get<0>(connected);
+    auto& stream = std::get<1>(connected);
     if (cf)
         co_return std::pair{cf, response};
 
@@ -162,7 +164,8 @@ connect_stream(ssl::context& tls, std::string url, std::string authorization_tok
     if (!parsed)
         co_return std::pair{local_failure("the relay answered an invalid streaming URL"), nullptr};
     auto connected = co_await connect_tls(tls, parsed->host, parsed->port, std::chrono::seconds(30));
-    auto& [cf, stream] = connected;
+    auto& cf = std::get<0>(connected);
+    auto& stream = std::get<1>(connected);
     if (cf)
         co_return std::pair{cf, nullptr};
     auto ws = std::make_shared<wss_stream>(std::move(*stream));

@@ -61,8 +61,9 @@ public:
 
     // Runs until the connection ends and says why (a relay's close reason carries its code,
     // e.g. 400027 when a newer connection replaced this one). on_request runs on the
-    // connection's executor and must not block.
-    asio::awaitable<failure> run(std::function<void(incoming_stream_request)> on_request);
+    // connection's executor and must not block; pass a named object (g++ 12 destroys temporaries
+    // that live across a co_await twice when the coroutine frame is destroyed).
+    asio::awaitable<failure> run(const std::function<void(incoming_stream_request)>& on_request);
 
     // Thread-safe.
     void accept(const incoming_stream_request& request);

@@ -10,16 +10,16 @@ control_link::control_link(std::shared_ptr<wss_stream> ws, std::size_t max_queue
     wakeup_.expires_at(asio::steady_timer::time_point::max());
 }
 
-asio::awaitable<error_code> control_link::run(message_handler on_message)
+asio::awaitable<error_code> control_link::run(const message_handler& on_message)
 {
     using namespace asio::experimental::awaitable_operators;
-    auto ended = co_await (read_loop(std::move(on_message)) || write_loop());
+    auto ended = co_await (read_loop(on_message) || write_loop());
     finished_ = true;
     queue_.clear();
     co_return std::visit([](const error_code& ec) { return ec; }, ended);
 }
 
-asio::awaitable<error_code> control_link::read_loop(message_handler on_message)
+asio::awaitable<error_code> control_link::read_loop(const message_handler& on_message)
 {
     beast::flat_buffer buffer;
     for (;;) {

@@ -19,7 +19,7 @@ public:
     control_link(std::shared_ptr<wss_stream> ws, std::size_t max_queued = 1024);
 
     // Runs until the connection ends. on_message runs on the link's executor.
-    asio::awaitable<error_code> run(message_handler on_message);
+    asio::awaitable<error_code> run(const message_handler& on_message);
     // Thread-safe. A peer too slow to drain max_queued messages is disconnected.
     void send(std::string message);
     // Thread-safe: sends a close frame after the queued messages.
@@ -30,7 +30,7 @@ public:
     websocket::close_reason remote_close_reason() const { return ws_->reason(); }
 
 private:
-    asio::awaitable<error_code> read_loop(message_handler on_message);
+    asio::awaitable<error_code> read_loop(const message_handler& on_message);
     asio::awaitable<error_code> write_loop();
     void wake();
 

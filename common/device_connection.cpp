@@ -16,7 +16,8 @@ asio::awaitable<std::pair<failure, std::shared_ptr<device_connection>>>
 device_connection::connect(asio::ssl::context& tls, const connection_string& device, std::chrono::seconds token_ttl)
 {
     auto connected = co_await connect_tls(tls, device.host(), device.port(), std::chrono::seconds(30));
-    auto& [cf, stream] = connected;
+    auto& cf = std::get<0>(connected);
+    auto& stream = std::get<1>(connected);
     if (cf)
         co_return std::pair{cf, nullptr};
     auto ws = std::make_shared<wss_stream>(std::move(*stream));
@@ -43,10 +44,10 @@ device_connection::connect(asio::ssl::context& tls, const connection_string& dev
     co_return std::pair{failure{}, std::make_shared<device_connection>(std::move(ws))};
 }
 
-asio::awaitable<failure> device_connection::run(std::function<void(incoming_stream_request)> on_request)
+asio::awaitable<failure> device_connection::run(const std::function<void(incoming_stream_request)>& on_request)
 {
     failure protocol_error;
-    auto ec = co_await link_->run([&](std::string_view text) {
+    control_link::message_handler on_message = [&](std::string_view text) {
         std::string error;
         auto m = protocol::parse_stream_request(text, error);
         if (!m) {
@@ -56,7 +57,8 @@ asio::awaitable<failure> device_connection::run(std::function<void(incoming_stre
             return;
         }
         on_request(incoming_stream_request{m->request_id, m->stream_name, m->stream_id, m->url, m->authorization_token});
-    });
+    };
+    auto ec = co_await link_->run(on_message);
     if (protocol_error)
         co_return protocol_error;
     auto reason = link_->remote_close_reason();

@@ -25,9 +25,9 @@ using tls_stream = beast::ssl_stream<beast::tcp_stream>;
 using wss_stream = websocket::stream<tls_stream>;
 
 // Completion token for coroutines that inspect errors instead of catching exceptions.
-// A result holding objects with destructors (shared_ptr, string, socket) is first stored in a
-// named variable and then bound by reference: g++ 12 destroys the hidden object of
-// `auto [a, b] = co_await ...` a second time when a suspended coroutine frame is destroyed.
+// A result holding objects with destructors (shared_ptr, string, socket) is stored in a named
+// variable and its parts taken with std::get: g++ 12 releases objects reached through structured
+// bindings a second time when a suspended coroutine frame is destroyed (heap corruption at exit).
 constexpr auto use_nothrow = asio::as_tuple(asio::use_awaitable);
 
 // Raw bytes travel in binary messages of at most this size (the seeds' 64 KiB frames).

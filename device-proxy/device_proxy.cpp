@@ -83,7 +83,8 @@ asio::awaitable<void> serve_stream(std::shared_ptr<proxy_state> state, std::shar
     auto socket = std::make_shared<tcp::socket>(ex);
     tcp::resolver resolver(ex);
     auto resolved = co_await resolver.async_resolve(t.host, std::to_string(t.port), use_nothrow);
-    auto& [rec, endpoints] = resolved;
+    auto& rec = std::get<0>(resolved);
+    auto& endpoints = std::get<1>(resolved);
     error_code cec = rec;
     if (!rec) {
         asio::steady_timer deadline(ex, state->opts.connect_timeout);
@@ -105,7 +106,8 @@ asio::awaitable<void> serve_stream(std::shared_ptr<proxy_state> state, std::shar
     conn->accept(req);
 
     auto joined = co_await client::connect_stream(*state->tls, req.url, req.authorization_token);
-    auto& [f, ws] = joined;
+    auto& f = std::get<0>(joined);
+    auto& ws = std::get<1>(joined);
     if (f) {
         log.warn("stream={} streamId={} could not join the streaming endpoint: {}", req.stream_name, req.stream_id,
                  f.describe());
@@ -131,7 +133,8 @@ asio::awaitable<void> control_loop(std::shared_ptr<proxy_state> state)
     auto backoff = std::chrono::seconds(1);
     while (!state->stopping) {
         auto connection = co_await client::device_connection::connect(*state->tls, device);
-        auto& [f, conn] = connection;
+        auto& f = std::get<0>(connection);
+        auto& conn = std::get<1>(connection);
         std::string why;
         if (f) {
             why = f.describe();
@@ -148,10 +151,11 @@ asio::awaitable<void> control_loop(std::shared_ptr<proxy_state> state)
                 state->connection = conn;
             }
             auto connected_at = std::chrono::steady_clock::now();
-            auto lost = co_await conn->run([state, conn](client::incoming_stream_request req) {
+            std::function<void(client::incoming_stream_request)> on_request = [state, conn](client::incoming_stream_request req) {
                 state->log->info("stream request: stream={} streamId={}", req.stream_name, req.stream_id);
                 asio::co_spawn(asio::make_strand(*state->ioc), serve_stream(state, conn, std::move(req)), asio::detached);
-            });
+            };
+            auto lost = co_await conn->run(on_request);
             {
                 std::lock_guard lock(state->connection_mutex);
                 state->connection.reset();

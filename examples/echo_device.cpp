@@ -17,7 +17,8 @@ using namespace sg;
 asio::awaitable<void> echo(std::shared_ptr<asio::ssl::context> tls, client::incoming_stream_request req)
 {
     auto joined = co_await client::connect_stream(*tls, req.url, req.authorization_token);
-    auto& [f, ws] = joined;
+    auto& f = std::get<0>(joined);
+    auto& ws = std::get<1>(joined);
     if (f) {
         std::cerr << "cannot join stream " << req.stream_id << ": " << f.describe() << "\n";
         co_return;
@@ -48,14 +49,16 @@ asio::awaitable<void> serve(asio::io_context& ioc, std::shared_ptr<asio::ssl::co
     asio::steady_timer pause(co_await asio::this_coro::executor);
     for (;;) {
         auto connection = co_await client::device_connection::connect(*tls, device);
-        auto& [f, conn] = connection;
+        auto& f = std::get<0>(connection);
+        auto& conn = std::get<1>(connection);
         if (!f) {
             std::cerr << "Connected to " << device.host_name << " as " << device.device_id << "; waiting for streams"
                       << std::endl;
-            auto lost = co_await conn->run([&ioc, tls, conn](client::incoming_stream_request req) {
+            std::function<void(client::incoming_stream_request)> on_request = [&ioc, tls, conn](client::incoming_stream_request req) {
                 conn->accept(req);
                 asio::co_spawn(asio::make_strand(ioc), echo(tls, std::move(req)), asio::detached);
-            });
+            };
+            auto lost = co_await conn->run(on_request);
             f = lost;
         }
         std::cerr << "Control connection: " << f.describe() << "; retrying in 2s" << std::endl;

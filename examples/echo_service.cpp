@@ -15,7 +15,8 @@ asio::awaitable<int> run(std::shared_ptr<asio::ssl::context> tls, connection_str
                          std::string message)
 {
     auto created = co_await client::create_stream(*tls, service, request);
-    auto& [f, response] = created;
+    auto& f = std::get<0>(created);
+    auto& response = std::get<1>(created);
     if (f) {
         std::cerr << "error: cannot create a stream to " << request.device_id << ": " << f.describe() << "\n";
         co_return 1;
@@ -27,7 +28,8 @@ asio::awaitable<int> run(std::shared_ptr<asio::ssl::context> tls, connection_str
         co_return 1;
     }
     auto joined = co_await client::connect_stream(*tls, response.url, response.authorization_token);
-    auto& [jf, ws] = joined;
+    auto& jf = std::get<0>(joined);
+    auto& ws = std::get<1>(joined);
     if (jf) {
         std::cerr << "error: cannot join the stream: " << jf.describe() << "\n";
         co_return 1;

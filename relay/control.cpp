@@ -78,7 +78,8 @@ void control_channel::on_message(std::string_view text, spdlog::logger& log)
 
 asio::awaitable<error_code> control_channel::run(spdlog::logger& log)
 {
-    auto ec = co_await link_->run([this, &log](std::string_view text) { on_message(text, log); });
+    control_link::message_handler handler = [this, &log](std::string_view text) { on_message(text, log); };
+    auto ec = co_await link_->run(handler);
     std::unordered_map<std::string, std::shared_ptr<pending_answer>> orphans;
     {
         std::lock_guard lock(mutex_);

@@ -216,7 +216,8 @@ asio::awaitable<void> accept_loop(std::shared_ptr<relay_state> state, tcp::accep
 {
     while (!state->stopping) {
         auto accepted = co_await acceptor.async_accept(asio::make_strand(ioc), use_nothrow);
-        auto& [ec, socket] = accepted;
+        auto& ec = std::get<0>(accepted);
+        auto& socket = std::get<1>(accepted);
         if (ec) {
             if (ec == asio::error::operation_aborted || state->stopping)
                 co_return;

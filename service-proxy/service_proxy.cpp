@@ -79,7 +79,8 @@ asio::awaitable<std::pair<failure, std::shared_ptr<wss_stream>>> open_stream(std
     client::stream_request request{state->opts.device_id, state->opts.stream_name, state->opts.connect_timeout,
                                    state->opts.response_timeout};
     auto created = co_await client::create_stream(*state->tls, state->opts.service, request);
-    auto& [f, response] = created;
+    auto& f = std::get<0>(created);
+    auto& response = std::get<1>(created);
     if (f)
         co_return std::pair{f, nullptr};
     state->log->info("Stream response received: Name={} IsAccepted={}", response.stream_name,
@@ -97,7 +98,8 @@ asio::awaitable<void> serve_local(std::shared_ptr<proxy_state> state, std::share
     auto peer = local->remote_endpoint(ec);
     local->set_option(tcp::no_delay(true), ec);
     auto opened = co_await open_stream(state);
-    auto& [f, ws] = opened;
+    auto& f = std::get<0>(opened);
+    auto& ws = std::get<1>(opened);
     if (f) {
         state->log->error("cannot open a stream to {} for {}: {}", state->opts.device_id,
                           peer.address().to_string() + ":" + std::to_string(peer.port()), f.describe());
@@ -116,7 +118,8 @@ asio::awaitable<void> accept_loop(std::shared_ptr<proxy_state> state, std::share
 {
     for (;;) {
         auto accepted = co_await acceptor->async_accept(asio::make_strand(*state->ioc), use_nothrow);
-        auto& [ec, socket] = accepted;
+        auto& ec = std::get<0>(accepted);
+        auto& socket = std::get<1>(accepted);
         if (ec == asio::error::operation_aborted)
             co_return;
         if (ec) {
@@ -131,7 +134,8 @@ asio::awaitable<void> accept_loop(std::shared_ptr<proxy_state> state, std::share
 asio::awaitable<void> serve_stdio(std::shared_ptr<proxy_state> state)
 {
     auto opened = co_await open_stream(state);
-    auto& [f, ws] = opened;
+    auto& f = std::get<0>(opened);
+    auto& ws = std::get<1>(opened);
     if (f) {
         state->log->error("cannot open a stream to {}: {}", state->opts.device_id, f.describe());
         state->exit_code = 1;

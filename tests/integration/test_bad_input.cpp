@@ -371,6 +371,7 @@ TEST_CASE("bad input: everything at once beside a live stream, which keeps its c
                 step({{"op", "connect"}, {"conn", "dev"}}),
                 step({{"op", "upgrade"}, {"label", "control"}, {"conn", "dev"}, {"path", "/devices/ctl-bogus/streams"},
                       {"headers", std::vector<std::string>{auth(device_token("ctl-bogus", bogus_cs))}}}),
+                wait_connected_step(relay, "ctl-bogus"),
                 step({{"op", "ws_send"}, {"label", "bogus"}, {"conn", "dev"}, {"type", "text"},
                       {"data", R"({"type":"streamResponse","requestId":"nope","accepted":true})"}}),
                 step({{"op", "ws_send"}, {"label", "bogus-reject"}, {"conn", "dev"}, {"type", "text"},

@@ -22,7 +22,8 @@ std::vector<std::string> connect_device(relay_fixture& relay, const std::string&
         sas_token(host + "/devices/" + device, cs_field(device_cs, "SharedAccessKey"), "", unix_now() + 600);
     return {step({{"op", "connect"}, {"label", ("connect-" + device).c_str()}, {"conn", device}}),
             step({{"op", "upgrade"}, {"label", ("control-" + device).c_str()}, {"conn", device},
-                  {"path", "/devices/" + device + "/streams"}, {"headers", std::vector<std::string>{auth(token)}}})};
+                  {"path", "/devices/" + device + "/streams"}, {"headers", std::vector<std::string>{auth(token)}}}),
+            wait_connected_step(relay, device)};
 }
 
 // A stream request the (scripted) device accepts: POST, the device's answer, the response.

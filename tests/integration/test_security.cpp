@@ -300,6 +300,7 @@ TEST_CASE("security: stream tokens are single use, bound to their stream, device
     std::vector<std::string> steps;
     // wire_client.py is the device: it gets the stream requests (with the device-side tokens).
     append(steps, upgrade("device-control", "dev", "/devices/tok-device/streams", {device}));
+    steps.push_back(wait_connected_step(relay, "tok-device"));
     append(steps, {
         step({{"op", "connect"}, {"conn", "c"}}),
         post_stream("post1", "tok-device", service_sas, {}, false),

@@ -326,6 +326,7 @@ def run_script(opts, steps):
     {"op":"ws_quiet","conn":C,"seconds":S}                      nothing but pings for S seconds?
     {"op":"raw_send","conn":C,("data":S|"hex":H|"size":N)}
     {"op":"wait_closed","conn":C[,"timeout":S]}
+    {"op":"wait_connected","device":ID,"token":SAS}  poll GET /devices/ID until Connected
     {"op":"close","conn":C}     {"op":"sleep","seconds":S}
     Every step may have "label" (default: the op) under which its events and variables appear.
     """
@@ -404,6 +405,23 @@ def run_script(opts, steps):
             elif op == "close":
                 conns.pop(name).close()
                 emit(label, "done")
+            elif op == "wait_connected":
+                # The relay answers 101 before it registers the control connection: poll the
+                # registry (GET /devices/{id}) until it says Connected.
+                deadline = time.monotonic() + timeout
+                state = ""
+                while time.monotonic() < deadline:
+                    c = Conn(opts)
+                    try:
+                        c.send_request("GET", "/devices/" + step["device"], ["Authorization: " + step["token"]])
+                        status, _, body = c.read_response(max(0.1, deadline - time.monotonic()))
+                        state = flatten_json("", body).get("connectionState", "HTTP %d" % status)
+                    finally:
+                        c.close()
+                    if state == "Connected":
+                        break
+                    time.sleep(0.02)
+                emit(label, "state", state=state)
             elif op == "sleep":
                 time.sleep(float(step["seconds"]))
                 emit(label, "done")
