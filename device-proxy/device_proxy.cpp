@@ -164,8 +164,11 @@ asio::awaitable<void> control_loop(std::shared_ptr<proxy_state> state)
                 break;
             why = lost.describe();
             log.warn("lost connection to relay {}: {}", device.host_name, why);
-            if (std::chrono::steady_clock::now() - connected_at > std::chrono::minutes(1))
+            // A healthy spell means the relay is fine again: the next outage starts fresh.
+            if (std::chrono::steady_clock::now() - connected_at >= state->opts.backoff_reset) {
                 backoff = std::chrono::seconds(1);
+                log.info("connection lasted {}s or more: reconnect delay reset to 1s", state->opts.backoff_reset.count());
+            }
         }
         // Exponential backoff with jitter so a fleet does not reconnect in lockstep.
         auto jittered = std::chrono::milliseconds(
@@ -173,7 +176,7 @@ asio::awaitable<void> control_loop(std::shared_ptr<proxy_state> state)
         log.info("reconnecting in {:.1f}s (last error: {})", jittered.count() / 1000.0, why);
         sleep.expires_after(jittered);
         co_await sleep.async_wait(use_nothrow);
-        backoff = std::min(backoff * 2, std::chrono::seconds(60));
+        backoff = std::min(backoff * 2, std::max(std::chrono::seconds(1), state->opts.max_backoff));
     }
 }
 

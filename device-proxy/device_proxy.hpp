@@ -25,6 +25,8 @@ struct options {
     std::chrono::seconds stats_interval{10};  // 0 = off
     std::chrono::seconds connect_timeout{10}; // to the local target
     std::chrono::seconds drain_timeout{10};   // SIGTERM: time live streams get to finish
+    std::chrono::seconds max_backoff{60};     // longest wait between reconnection attempts
+    std::chrono::seconds backoff_reset{60};   // a connection up this long starts the backoff again at 1 s
     bool exit_on_auth_failure = false;
     unsigned threads = 0;
     bool verbose = false;

@@ -33,6 +33,13 @@ int main(int argc, char** argv)
     app.add_option("--ping-interval", ping_interval,
                    "Seconds of silence before the relay is pinged; dead after two intervals")->capture_default_str();
     app.add_option("--drain-timeout", drain, "Seconds live streams get to finish on SIGTERM")->capture_default_str();
+    int max_backoff = 60, backoff_reset = 60;
+    app.add_option("--max-backoff", max_backoff,
+                   "Longest wait in seconds between reconnection attempts (the wait doubles from 1 s, with jitter)")
+        ->capture_default_str()->check(CLI::Range(1, 3600));
+    app.add_option("--backoff-reset", backoff_reset,
+                   "Seconds a connection must stay up for the next reconnection to start again from 1 s")
+        ->capture_default_str()->check(CLI::Range(1, 86400));
     app.add_flag("-v,--verbose", o.verbose, "Debug logging");
     app.set_version_flag("--version", "streamgate-device-proxy 0.1.0");
     CLI11_PARSE(app, argc, argv);
@@ -65,6 +72,8 @@ int main(int argc, char** argv)
         }
         o.stats_interval = std::chrono::seconds(std::max(0, stats));
         o.drain_timeout = std::chrono::seconds(std::max(0, drain));
+        o.max_backoff = std::chrono::seconds(max_backoff);
+        o.backoff_reset = std::chrono::seconds(backoff_reset);
         sg::set_default_liveness(sg::liveness{std::chrono::seconds(30), std::chrono::seconds(std::max(1, ping_interval))});
         return dp::run(o);
     } catch (const sg::config_error& e) {

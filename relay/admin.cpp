@@ -3,6 +3,8 @@
 #include <CLI/CLI.hpp>
 #include <boost/json.hpp>
 #include <iostream>
+#include <pwd.h>
+#include <unistd.h>
 #include "common/connection_string.hpp"
 #include "common/crypto.hpp"
 #include "common/device_id.hpp"
@@ -37,6 +39,17 @@ opened open(const admin_options& o)
     if (!std::filesystem::exists(o.data_dir / "server.pem"))
         ensure_certificates(o.data_dir, certificate_names(out.host_name));
     return out;
+}
+
+// Admin commands write to the registry behind the relay's back: the audit trail tells the relay
+// (which logs it) and later readers who changed what.
+void audit(registry& reg, std::string action, std::string subject, std::string detail)
+{
+    auto uid = ::getuid();
+    std::string actor = "admin-cli uid=" + std::to_string(uid);
+    if (const passwd* pw = ::getpwuid(uid))
+        actor += " user=" + std::string(pw->pw_name);
+    reg.append_audit({0, {}, std::move(actor), std::move(action), std::move(subject), std::move(detail)});
 }
 
 std::string device_connection_string(const std::string& host, const device_identity& d, const std::string& key_type)
@@ -77,6 +90,8 @@ int create_device(const admin_options& o)
     }
     if (reg->create_device(d) == registry_result::already_exists)
         return fail(codes::already_exists, "device " + o.device_id + " already exists");
+    audit(*reg, "device-create", d.device_id,
+          "auth=" + std::string(to_string(d.authentication)) + " status=" + std::string(to_string(d.status)));
     std::cout << device_connection_string(host, d, "primary") << "\n";
     return 0;
 }
@@ -114,6 +129,10 @@ int update_device(const admin_options& o)
         auto result = db.reg->update_device(d, o.etag);
         if (result == registry_result::etag_mismatch)
             return fail(codes::precondition_failed, "--etag does not match the device's etag");
+        std::string detail = "status=" + std::string(to_string(d.status));
+        if (!o.renew_key.empty())
+            detail += " renew-key=" + o.renew_key;
+        audit(*db.reg, "device-update", d.device_id, detail);
         std::cout << json::serialize(to_json(d)) << "\n";
         return 0;
     });
@@ -179,6 +198,7 @@ void add_admin_commands(CLI::App& app, admin_options& o, int* result, bool* ran)
         return with_device(o, [&o](opened& db, device_identity&) {
             if (db.reg->delete_device(o.device_id, o.etag) == registry_result::etag_mismatch)
                 return fail(codes::precondition_failed, "--etag does not match the device's etag");
+            audit(*db.reg, "device-delete", o.device_id, "");
             return 0;
         });
     }));
@@ -218,8 +238,9 @@ void add_admin_commands(CLI::App& app, admin_options& o, int* result, bool* ran)
     cert_add->add_option("-n,--name", o.policy_name, "Name of the CA")->required();
     cert_add->add_option("-p,--path", o.status_reason, "PEM file")->required()->check(CLI::ExistingFile);
     cert_add->callback(run([&o] {
-        open(o);
+        auto db = open(o);
         add_device_ca(o.data_dir, o.policy_name, o.status_reason);
+        audit(*db.reg, "certificate-add", o.policy_name, "thumbprint=" + certificate_thumbprint(o.status_reason));
         return 0;
     }));
     certs->add_subcommand("list", "Print the uploaded CA names")->callback(run([&o] {
@@ -230,7 +251,11 @@ void add_admin_commands(CLI::App& app, admin_options& o, int* result, bool* ran)
     auto* cert_delete = certs->add_subcommand("delete", "Remove an uploaded CA");
     cert_delete->add_option("-n,--name", o.policy_name, "Name of the CA")->required();
     cert_delete->callback(run([&o] {
-        return remove_device_ca(o.data_dir, o.policy_name) ? 0 : fail(codes::bad_request, "no CA named " + o.policy_name);
+        if (!remove_device_ca(o.data_dir, o.policy_name))
+            return fail(codes::bad_request, "no CA named " + o.policy_name);
+        auto db = open(o);
+        audit(*db.reg, "certificate-delete", o.policy_name, "");
+        return 0;
     }));
     auto* thumb = certs->add_subcommand("thumbprint", "Print the SHA-256 thumbprint of a certificate (PEM)");
     thumb->add_option("-p,--path", o.status_reason, "PEM file")->required()->check(CLI::ExistingFile);

@@ -80,6 +80,12 @@ asio::awaitable<error_code> control_channel::run(spdlog::logger& log)
 {
     control_link::message_handler handler = [this, &log](std::string_view text) { on_message(text, log); };
     auto ec = co_await link_->run(handler);
+    end();
+    co_return ec;
+}
+
+void control_channel::end()
+{
     std::unordered_map<std::string, std::shared_ptr<pending_answer>> orphans;
     {
         std::lock_guard lock(mutex_);
@@ -88,7 +94,6 @@ asio::awaitable<error_code> control_channel::run(spdlog::logger& log)
     }
     for (auto& [id, waiter] : orphans)
         waiter->deliver(std::nullopt);
-    co_return ec;
 }
 
 std::shared_ptr<control_channel> relay_state::find_device(const std::string& id)
@@ -183,11 +188,8 @@ asio::awaitable<void> serve_control(std::shared_ptr<relay_state> state, tls_stre
     }
     auto ws = std::make_shared<wss_stream>(std::move(stream));
     configure_control_websocket(*ws, beast::role_type::server, state->options.max_control_message);
-    auto [aec] = co_await ws->async_accept(req, use_nothrow);
-    if (aec) {
-        state->log->info("peer={} device={} control handshake failed: {}", peer, r.device_id, aec.message());
-        co_return;
-    }
+    // The device counts as online before its 101 leaves: a service that learns it is connected
+    // and asks for a stream at once finds the channel (requests queue until the link runs).
     auto channel = std::make_shared<control_channel>(r.device_id, credential, ws);
     std::shared_ptr<control_channel> replaced;
     {
@@ -195,6 +197,21 @@ asio::awaitable<void> serve_control(std::shared_ptr<relay_state> state, tls_stre
         auto& slot = state->devices[r.device_id];
         replaced = std::move(slot);
         slot = channel;
+    }
+    auto unregister = [&] {
+        std::lock_guard lock(state->devices_mutex);
+        auto it = state->devices.find(r.device_id);
+        bool current = it != state->devices.end() && it->second == channel;
+        if (current)
+            state->devices.erase(it);
+        return current;
+    };
+    auto accepted = co_await ws->async_accept(req, use_nothrow);
+    if (auto aec = std::get<0>(accepted)) {
+        unregister();
+        channel->end();
+        state->log->info("peer={} device={} control handshake failed: {}", peer, r.device_id, aec.message());
+        co_return;
     }
     if (replaced) {
         state->log->info("event=DeviceReplaced device={} reason=\"a newer control connection replaced this one\"", r.device_id);
@@ -208,16 +225,7 @@ asio::awaitable<void> serve_control(std::shared_ptr<relay_state> state, tls_stre
 
     auto ec = co_await channel->run(*state->log);
 
-    bool still_current = false;
-    {
-        std::lock_guard lock(state->devices_mutex);
-        auto it = state->devices.find(r.device_id);
-        if (it != state->devices.end() && it->second == channel) {
-            state->devices.erase(it);
-            still_current = true;
-        }
-    }
-    if (still_current) {
+    if (unregister()) {
         state->reg->set_connection_state(r.device_id, false);
         state->abandon_device_streams(r.device_id);
     }

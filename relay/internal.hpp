@@ -47,6 +47,8 @@ public:
     void forget_request(const std::string& request_id);
     void close(int code, std::string_view message);
     asio::awaitable<error_code> run(spdlog::logger& log);
+    // The connection is over (or never opened): requests still waiting get "device went away".
+    void end();
 
 private:
     void on_message(std::string_view text, spdlog::logger& log);

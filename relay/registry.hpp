@@ -46,6 +46,14 @@ struct access_policy {
     unsigned permissions = 0;
 };
 
+// One change to the registry: who made it (e.g. "admin-cli uid=1000"), what and to whom.
+// Never holds key material.
+struct audit_entry {
+    std::int64_t id = 0;  // set by the registry, increasing
+    std::string time;     // set by the registry, ISO 8601 UTC
+    std::string actor, action, subject, detail;
+};
+
 enum class registry_result { ok, not_found, already_exists, etag_mismatch };
 
 class registry {
@@ -71,6 +79,11 @@ public:
     // Small key/value settings (hub name, last listen address, ...).
     virtual std::optional<std::string> get_setting(std::string_view key) = 0;
     virtual void set_setting(std::string_view key, std::string_view value) = 0;
+
+    // The audit trail: admin commands append to it; the relay logs what others appended.
+    virtual void append_audit(const audit_entry& entry) = 0;
+    virtual std::vector<audit_entry> audit_after(std::int64_t id, std::size_t max_entries) = 0;
+    virtual std::int64_t last_audit_id() = 0;
 
     // Changes whenever another process commits to the registry (SQLite's PRAGMA data_version),
     // so the relay notices admin commands run beside it.

@@ -76,7 +76,7 @@ std::string utc_now_iso8601()
 
 namespace {
 
-constexpr int schema_version = 1;
+constexpr int schema_version = 2;
 
 // Created in one transaction with the default policies, so a half-initialised file never exists.
 constexpr const char* schema_sql = R"sql(
@@ -93,6 +93,14 @@ CREATE TABLE policies (
     permissions INTEGER NOT NULL
 );
 CREATE TABLE settings (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
+)sql";
+
+// Version 2: who changed the registry, so a relay can log changes that admin commands make.
+constexpr const char* audit_schema_sql = R"sql(
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL, actor TEXT NOT NULL,
+    action TEXT NOT NULL, subject TEXT NOT NULL, detail TEXT NOT NULL
+);
 )sql";
 
 constexpr const char* device_columns =
@@ -326,6 +334,34 @@ public:
         check_done(s.step(), "write setting");
     }
 
+    void append_audit(const audit_entry& e) override
+    {
+        std::lock_guard lock(mutex_);
+        auto s = prepare("INSERT INTO audit (time, actor, action, subject, detail) VALUES (?1, ?2, ?3, ?4, ?5)");
+        s.bind(1, utc_now_iso8601()).bind(2, e.actor).bind(3, e.action).bind(4, e.subject).bind(5, e.detail);
+        check_done(s.step(), "append audit entry");
+    }
+
+    std::vector<audit_entry> audit_after(std::int64_t id, std::size_t max_entries) override
+    {
+        std::lock_guard lock(mutex_);
+        auto s = prepare("SELECT id, time, actor, action, subject, detail FROM audit WHERE id > ?1 ORDER BY id LIMIT ?2");
+        s.bind(1, id).bind(2, static_cast<std::int64_t>(max_entries));
+        std::vector<audit_entry> out;
+        for_each_row(s, "read audit", [&] {
+            out.push_back({s.integer(0), s.text(1), s.text(2), s.text(3), s.text(4), s.text(5)});
+        });
+        return out;
+    }
+
+    std::int64_t last_audit_id() override
+    {
+        std::lock_guard lock(mutex_);
+        auto s = prepare("SELECT COALESCE(MAX(id), 0) FROM audit");
+        if (s.step() != SQLITE_ROW) fail("read audit");
+        return s.integer(0);
+    }
+
     std::uint64_t external_change_counter() override
     {
         std::lock_guard lock(mutex_);
@@ -376,6 +412,10 @@ private:
         if (version == 0) {
             exec(schema_sql, "create schema");
             add_default_policies();
+        }
+        if (version < 2)
+            exec(audit_schema_sql, "create audit table");
+        if (version < schema_version) {
             exec(("PRAGMA user_version=" + std::to_string(schema_version)).c_str(), "set schema version");
         } else if (version > schema_version) {
             throw std::runtime_error("registry " + file_.string() + ": schema version " + std::to_string(version) +

@@ -40,6 +40,16 @@ http::response<http::string_body> json_response(const request_type& req, http::s
     return res;
 }
 
+// REST changes are logged here and kept in the audit trail beside the admin commands' ones.
+void record_change(relay_state& state, const std::string& peer, const char* action, const std::string& device,
+                   const std::string& detail)
+{
+    audit_entry e{0, {}, "relay rest peer=" + peer, action, device, detail};
+    state.reg->append_audit(e);
+    state.log->info("event=RegistryChange source=\"{}\" op={} subject={} detail=\"{}\"", e.actor, e.action, e.subject,
+                    e.detail);
+}
+
 http::response<http::string_body> handle_device(relay_state& state, const request_type& req, const route& r,
                                                 const std::string& peer)
 {
@@ -69,7 +79,7 @@ http::response<http::string_body> handle_device(relay_state& state, const reques
             return error_response(req, codes::device_not_found, "device not found");
         if (result == registry_result::etag_mismatch)
             return error_response(req, codes::precondition_failed, "If-Match does not match the device's etag");
-        state.log->info("event=RegistryChange op=delete device={}", r.device_id);
+        record_change(state, peer, "device-delete", r.device_id, "");
         state.revalidate_devices(r.device_id);
         http::response<http::string_body> res{http::status::no_content, req.version()};
         res.keep_alive(req.keep_alive());
@@ -89,7 +99,8 @@ http::response<http::string_body> handle_device(relay_state& state, const reques
             return error_response(req, codes::device_not_found, "device not found");
         if (state.reg->create_device(d) == registry_result::already_exists)
             return error_response(req, codes::already_exists, "device already exists");
-        state.log->info("event=RegistryChange op=create device={}", r.device_id);
+        record_change(state, peer, "device-create", r.device_id,
+                      "auth=" + std::string(to_string(d.authentication)) + " status=" + std::string(to_string(d.status)));
         return json_response(req, http::status::ok, to_json(d));
     }
     auto result = state.reg->update_device(d, if_match);
@@ -97,7 +108,7 @@ http::response<http::string_body> handle_device(relay_state& state, const reques
         return error_response(req, codes::precondition_failed, "If-Match does not match the device's etag");
     if (result == registry_result::not_found)
         return error_response(req, codes::device_not_found, "device not found");
-    state.log->info("event=RegistryChange op=update device={} status={}", r.device_id, to_string(d.status));
+    record_change(state, peer, "device-update", r.device_id, "status=" + std::string(to_string(d.status)));
     state.revalidate_devices(r.device_id);
     return json_response(req, http::status::ok, to_json(d));
 }
@@ -248,6 +259,7 @@ asio::awaitable<void> housekeeping(std::shared_ptr<relay_state> state)
 {
     asio::steady_timer timer(co_await asio::this_coro::executor);
     auto seen = state->reg->external_change_counter();
+    auto audited = state->reg->last_audit_id();
     while (!state->stopping) {
         timer.expires_after(std::chrono::milliseconds(500));
         co_await timer.async_wait(use_nothrow);
@@ -257,6 +269,13 @@ asio::awaitable<void> housekeeping(std::shared_ptr<relay_state> state)
         auto now = state->reg->external_change_counter();
         if (now != seen) {
             seen = now;
+            for (const auto& e : state->reg->audit_after(audited, 1000)) {
+                audited = e.id;
+                if (e.actor.starts_with("relay ")) // this relay's own REST changes, logged when made
+                    continue;
+                state->log->info("event=RegistryChange source=\"{}\" op={} subject={} detail=\"{}\" at={}", e.actor, e.action,
+                                 e.subject, e.detail, e.time);
+            }
             state->revalidate_devices();
         }
     }

@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 
 #include <regex>
+#include <thread>
 
 #include "harness.hpp"
 
@@ -229,4 +230,46 @@ TEST_CASE("liveness: the service proxy keeps listening while the relay is away, 
     REQUIRE(online);
     unique_fd again = open_echo_stream(tunnel.local_port);
     CHECK(tunnel.service_proxy->running());
+}
+
+TEST_CASE("liveness: a connection that stayed up for --backoff-reset starts the next reconnection "
+          "from 1 s, and a short one keeps the grown delay",
+          "[integration][liveness]") {
+    relay_fixture relay;
+    const std::string device_cs = relay.create_device("reset-device");
+    auto proxy = relay.spawn("device-proxy", {bin::device_proxy, "--ca-file", relay.ca_file().string(), device_cs,
+                                              "127.0.0.1", std::to_string(free_port()), "--backoff-reset", "3"});
+    REQUIRE(relay.wait_device_connected("reset-device", *proxy));
+    // The delay the proxy picks after the relay next goes away.
+    auto next_delay_after_kill = [&] {
+        const std::size_t before = reconnect_delays(proxy->stderr_text()).size();
+        REQUIRE(relay.stop(SIGKILL).has_value());
+        bool logged = wait_until([&] { return reconnect_delays(proxy->stderr_text()).size() > before; }, 10s, 20ms);
+        INFO(proxy->describe());
+        REQUIRE(logged);
+        return reconnect_delays(proxy->stderr_text())[before];
+    };
+    // Grow the delay: the relay stays away for two failed attempts (bases 1 s and 2 s, then 4 s).
+    next_delay_after_kill();
+    REQUIRE(wait_until([&] { return reconnect_delays(proxy->stderr_text()).size() >= 3; }, 15s, 20ms));
+    relay.start();
+    REQUIRE(relay.wait_device_connected("reset-device", *proxy, 15s));
+
+    // Up for well under 3 s: the delay keeps growing (base 8 s, so at least 4 s).
+    const double after_short = next_delay_after_kill();
+    INFO("after a short connection: " << after_short << " s");
+    CHECK(after_short >= 3.95);
+    CHECK_FALSE(contains(proxy->stderr_text(), "reconnect delay reset"));
+    relay.start();
+    REQUIRE(relay.wait_device_connected("reset-device", *proxy, 15s));
+
+    // Up for more than 3 s: the next outage starts again at base 1 s.
+    std::this_thread::sleep_for(3500ms);  // the condition under test is the connection's age itself
+    REQUIRE(relay.device_connected("reset-device"));
+    const double after_long = next_delay_after_kill();
+    INFO("after a long connection: " << after_long << " s");
+    CHECK(after_long <= 1.05);
+    CHECK(contains(proxy->stderr_text(), "reconnect delay reset to 1s"));
+    relay.start();
+    CHECK(relay.wait_device_connected("reset-device", *proxy, 10s));
 }

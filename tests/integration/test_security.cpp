@@ -229,6 +229,10 @@ TEST_CASE("security: renewing a key cuts off the live connection that used it, a
     // The proxy keeps retrying with the old key: refused every time.
     CHECK_FALSE(wait_until([&] { return relay.device_connected("renew-a"); }, 3s, 200ms));
     CHECK(occurrences(relay.relay().stderr_text(), "event=DeviceRevoked device=renew-a") >= 1);
+    // The admin commands ran in other processes; the relay's log still says who changed what.
+    const std::regex audited(R"(event=RegistryChange source="admin-cli uid=\d+[^"]*" op=device-update subject=renew-a )"
+                             R"(detail="status=enabled renew-key=primary")");
+    CHECK(wait_until([&] { return std::regex_search(relay.relay().stderr_text(), audited); }, 5s));
     // The secondary key of renew-b still works, on its live connection too.
     CHECK(relay.device_connected("renew-b"));
     CHECK_FALSE(contains(proxy_b->stderr_text(), "401003"));
@@ -409,5 +413,43 @@ TEST_CASE("security: TLS 1.2 minimum, ECDHE with AEAD only, --min-tls 1.3", "[in
         CHECK(tls13.at("probe").get("version") == "TLSv1.3");
         CHECK(tls12.at("probe").get("ok") == "false");
         CHECK(tls12.at("probe").num("received") > 0);
+    }
+}
+
+TEST_CASE("security: a device is reachable as soon as its control connection is accepted", "[integration][security]") {
+    // The relay registers the control connection before its 101 leaves, so a stream requested
+    // the instant the device sees the 101 reaches the device instead of failing with 404103.
+    relay_fixture relay;
+    relay.create_device("race-dev");
+    const std::string host = relay_host(relay);
+    const long long se = unix_now() + 3600;
+    const std::string device_sas = make_sas(host + "/devices/race-dev", cs_field(device_connection_string(relay, "race-dev"),
+                                                                                  "SharedAccessKey"), "", se).header;
+    const std::string service_sas = make_sas(host, policy_key(relay, "service"), "service", se).header;
+    constexpr int rounds = 25;
+    std::vector<std::string> steps = {step({{"op", "connect"}, {"conn", "svc"}})};
+    for (int i = 0; i < rounds; ++i) {
+        const std::string n = std::to_string(i), dev = "dev" + n;
+        steps.push_back(step({{"op", "connect"}, {"conn", dev}}));
+        steps.push_back(step({{"op", "upgrade"}, {"label", ("control" + n).c_str()}, {"conn", dev},
+                              {"path", "/devices/race-dev/streams"}, {"headers", std::vector<std::string>{auth(device_sas)}}}));
+        steps.push_back(step({{"op", "request"}, {"label", ("post" + n).c_str()}, {"conn", "svc"}, {"method", "POST"},
+                              {"path", "/twins/race-dev/streams/s"}, {"headers", std::vector<std::string>{auth(service_sas)}},
+                              {"read", false}}));
+        steps.push_back(step({{"op", "ws_recv"}, {"label", ("request" + n).c_str()}, {"conn", dev}, {"timeout", 5}}));
+        steps.push_back(step({{"op", "ws_send"}, {"conn", dev}, {"type", "text"},
+                              {"data", "{\"type\":\"streamResponse\",\"requestId\":\"${request" + n +
+                                           ".j.requestId}\",\"accepted\":false,\"reason\":\"round " + n + "\"}"}}));
+        steps.push_back(step({{"op", "read_response"}, {"label", ("post" + n).c_str()}, {"conn", "svc"}}));
+        steps.push_back(step({{"op", "close"}, {"conn", dev}}));
+    }
+    wire_result w = wire_script(relay, steps, 120s);
+    INFO(w.describe());
+    for (int i = 0; i < rounds; ++i) {
+        const std::string n = std::to_string(i);
+        INFO("round " << n);
+        REQUIRE(w.at("control" + n).status() == 101);
+        CHECK(w.at("post" + n).status() == 200);
+        CHECK(w.at("post" + n).get("h.iothub-streaming-rejection-reason") == "round " + n);
     }
 }

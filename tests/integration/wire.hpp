@@ -413,9 +413,8 @@ inline unique_fd echo_probe(int port, std::size_t probe, std::string& error, mil
     return std::move(c.fd);
 }
 
-// A script step that waits until the relay lists `device` as Connected. The relay sends a control
-// connection's 101 before it registers the connection, so a stream requested right after the
-// upgrade could still be answered 404103; scripts that play a device wait with this first.
+// A script step that waits until the registry lists `device` as Connected (written just after the
+// control connection's 101; the connection itself is routable before the 101 leaves).
 inline std::string wait_connected_step(relay_fixture& relay, const std::string& device) {
     const std::string token = sas_token(relay_host(relay), policy_key(relay, "registryRead"), "registryRead",
                                         unix_now() + 600);

@@ -3,6 +3,8 @@
 #include "common/crypto.hpp"
 #include "relay/registry.hpp"
 
+#include <sqlite3.h>
+
 #include <atomic>
 #include <filesystem>
 #include <fstream>
@@ -295,4 +297,50 @@ TEST_CASE("a file that is not a database is reported", "[registry]")
     } catch (const std::runtime_error& e) {
         CHECK_THAT(e.what(), Catch::Contains(file.string()));
     }
+}
+
+TEST_CASE("the audit trail records changes for other processes to read", "[registry]")
+{
+    temp_dir dir;
+    auto relay = open_sqlite_registry(dir.path / "registry.db");
+    auto admin = open_sqlite_registry(dir.path / "registry.db");
+    const auto start = relay->last_audit_id();
+    CHECK(relay->audit_after(start, 10).empty());
+
+    admin->append_audit({0, {}, "admin-cli uid=0", "device-update", "dev-1", "renew-key=primary"});
+    admin->append_audit({0, {}, "admin-cli uid=0", "device-delete", "dev-2", ""});
+    auto entries = relay->audit_after(start, 10);
+    REQUIRE(entries.size() == 2);
+    CHECK(entries[0].id > start);
+    CHECK(entries[1].id > entries[0].id);
+    CHECK(entries[0].actor == "admin-cli uid=0");
+    CHECK(entries[0].action == "device-update");
+    CHECK(entries[0].subject == "dev-1");
+    CHECK(entries[0].detail == "renew-key=primary");
+    CHECK(entries[0].time.size() == 20); // 2026-11-27T10:00:00Z
+    CHECK(entries[1].action == "device-delete");
+    CHECK(relay->last_audit_id() == entries[1].id);
+    CHECK(relay->audit_after(entries[0].id, 10).size() == 1);
+    CHECK(relay->audit_after(start, 1).size() == 1);
+}
+
+TEST_CASE("a version 1 registry gains the audit table and keeps its data", "[registry]")
+{
+    temp_dir dir;
+    const auto file = dir.path / "registry.db";
+    {
+        auto reg = open_sqlite_registry(file);
+        auto d = sas_device("kept");
+        REQUIRE(reg->create_device(d) == registry_result::ok);
+    }
+    {
+        sqlite3* db = nullptr;
+        REQUIRE(sqlite3_open(file.c_str(), &db) == SQLITE_OK);
+        CHECK(sqlite3_exec(db, "DROP TABLE audit; PRAGMA user_version=1;", nullptr, nullptr, nullptr) == SQLITE_OK);
+        sqlite3_close(db);
+    }
+    auto reg = open_sqlite_registry(file);
+    CHECK(reg->find_device("kept"));
+    reg->append_audit({0, {}, "test", "device-update", "kept", ""});
+    CHECK(reg->audit_after(0, 10).size() == 1);
 }
