@@ -9,6 +9,7 @@
 #include "common/crypto.hpp"
 #include "common/protocol.hpp"
 #include "common/sas_token.hpp"
+#include "common/tls.hpp"
 
 namespace sg::client {
 namespace http = beast::http;
@@ -88,6 +89,7 @@ connect_tls(ssl::context& tls, std::string host, std::uint16_t port, std::chrono
     if (!is_ip_literal(host) && !SSL_set_tlsext_host_name(stream->native_handle(), host.c_str()))
         co_return std::pair{local_failure("cannot set TLS server name"), nullptr};
     stream->set_verify_callback(ssl::host_name_verification(host));
+    offer_session(stream->native_handle(), host, port);
     auto [hec] = co_await stream->async_handshake(ssl::stream_base::client, use_nothrow);
     if (hec) {
         std::string detail = hec.message();
@@ -123,6 +125,7 @@ create_stream(ssl::context& tls, const connection_string& service, stream_reques
     req.set("iothub-streaming-connect-timeout-in-seconds", std::to_string(request.connect_timeout.count()));
     req.set("iothub-streaming-response-timeout-in-seconds", std::to_string(request.response_timeout.count()));
     req.content_length(0);
+    req.keep_alive(false);
 
     beast::get_lowest_layer(*stream).expires_after(total);
     auto [wec, wn] = co_await http::async_write(*stream, req, use_nothrow);
@@ -136,8 +139,10 @@ create_stream(ssl::context& tls, const connection_string& service, stream_reques
     if (rec)
         co_return std::pair{local_failure("no answer from the relay: " + rec.message()), response};
     auto& res = parser.get();
-    beast::get_lowest_layer(*stream).expires_after(std::chrono::seconds(5));
-    co_await stream->async_shutdown(use_nothrow);
+    // No TLS close_notify exchange: the request said "Connection: close", the relay ends the
+    // connection, and waiting for that here would delay the stream by a round trip.
+    error_code ignored;
+    beast::get_lowest_layer(*stream).socket().shutdown(tcp::socket::shutdown_both, ignored);
 
     if (res.result() != http::status::ok)
         co_return std::pair{protocol::parse_error_body(res.body(), res.result_int()), response};

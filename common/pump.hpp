@@ -8,15 +8,23 @@
 // ends. The ends may live on different strands (the relay pairs two connections): every
 // operation runs on its own end's executor.
 //
+// Memory: a direction holds its full chunk only while a large read and its write are in flight.
+// Between messages it keeps a few hundred bytes (read_buffer), so an idle stream costs little and
+// a keystroke never needs the 64 KiB buffer.
+//
 // An End provides:
 //   any_io_executor executor();
-//   awaitable<tuple<error_code, size_t>> read(mutable_buffer);   // asio::error::eof at end of stream
+//   awaitable<tuple<error_code, size_t>> read(read_buffer&);      // data at buffer.data(); or
+//   awaitable<tuple<error_code, size_t>> read(mutable_buffer);    //   (then the chunk is always held)
+//                                                                 // asio::error::eof at end of stream
 //   awaitable<error_code> write(const_buffer);
 //   awaitable<error_code> write_eof();
 //   awaitable<void> close();                                      // after both directions ended cleanly
 //   void abort(bool peer_failed);                                 // from any thread, idempotent
+#include <array>
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <boost/asio/co_spawn.hpp>
@@ -52,7 +60,48 @@ asio::awaitable<T> on_executor(asio::any_io_executor ex, asio::awaitable<T> op)
     co_return hopped;
 }
 
+// The buffer of one direction: a small inline part for small reads, and the full chunk, taken
+// from the heap only when a read will fill more than the small part and given back afterwards.
+class read_buffer {
+public:
+    static constexpr std::size_t small_size = 512;
+    explicit read_buffer(std::size_t chunk) : chunk_(chunk) {}
+
+    asio::mutable_buffer small() { return asio::buffer(small_); }
+    // The full chunk, its first `kept` bytes copied from small().
+    asio::mutable_buffer full(std::size_t kept = 0)
+    {
+        if (!big_)
+            big_ = std::make_unique<char[]>(chunk_);
+        if (kept)
+            std::memcpy(big_.get(), small_.data(), kept);
+        in_big_ = true;
+        return asio::buffer(big_.get(), chunk_);
+    }
+    // Where the last read put its bytes.
+    const char* data() const { return in_big_ ? big_.get() : small_.data(); }
+    // Before waiting for data that may not come for a long time.
+    void release()
+    {
+        big_.reset();
+        in_big_ = false;
+    }
+    void use_small() { in_big_ = false; }
+    // The last read needed the full chunk (data is streaming: read into it again at once).
+    bool holds_full() const { return in_big_; }
+    std::size_t chunk() const { return chunk_; }
+
+private:
+    std::array<char, small_size> small_;
+    std::unique_ptr<char[]> big_;
+    std::size_t chunk_;
+    bool in_big_ = false;
+};
+
 namespace detail {
+
+template <class End>
+concept reads_into_read_buffer = requires(End e, read_buffer& b) { e.read(b); };
 
 struct pump_state {
     std::atomic<bool> failed{false};
@@ -74,7 +123,7 @@ template <class From, class To>
 asio::awaitable<void> transfer(From from, To to, std::uint64_t& counter, std::shared_ptr<pump_state> state,
                                std::size_t chunk, std::atomic<std::uint64_t>* live)
 {
-    auto buffer = std::make_unique<char[]>(chunk);
+    read_buffer buffer(chunk);
     auto abort_both = [&](const error_code& ec) {
         if (state->fail(ec)) {
             from.abort(true);
@@ -82,7 +131,17 @@ asio::awaitable<void> transfer(From from, To to, std::uint64_t& counter, std::sh
         }
     };
     for (;;) {
-        auto [read_error, n] = co_await from.read(asio::buffer(buffer.get(), chunk));
+        error_code read_error;
+        std::size_t n = 0;
+        if constexpr (reads_into_read_buffer<From>) {
+            auto got = co_await from.read(buffer);
+            read_error = std::get<0>(got);
+            n = std::get<1>(got);
+        } else {
+            auto got = co_await from.read(buffer.full());
+            read_error = std::get<0>(got);
+            n = std::get<1>(got);
+        }
         if (read_error == asio::error::eof) {
             error_code ec = co_await on_executor(to.executor(), to.write_eof());
             if (ec)
@@ -95,7 +154,7 @@ asio::awaitable<void> transfer(From from, To to, std::uint64_t& counter, std::sh
         }
         if (state->failed)
             co_return;
-        error_code ec = co_await on_executor(to.executor(), to.write(asio::buffer(buffer.get(), n)));
+        error_code ec = co_await on_executor(to.executor(), to.write(asio::buffer(buffer.data(), n)));
         if (ec) {
             abort_both(ec);
             co_return;
@@ -127,17 +186,54 @@ asio::awaitable<pump_result> pump(A a, B b, std::size_t chunk = max_stream_messa
 // A plain TCP connection (the local side of a proxy).
 class tcp_end {
 public:
-    explicit tcp_end(std::shared_ptr<tcp::socket> socket) : socket_(std::move(socket)) {}
+    explicit tcp_end(std::shared_ptr<tcp::socket> socket) : socket_(std::move(socket))
+    {
+        error_code ignored; // reads and writes below try the socket before they wait for it
+        socket_->non_blocking(true, ignored);
+    }
     asio::any_io_executor executor() const { return socket_->get_executor(); }
 
-    asio::awaitable<std::tuple<error_code, std::size_t>> read(asio::mutable_buffer buffer)
+    // While data streams, reads straight into the full chunk (one system call). Otherwise gives
+    // the chunk back, waits for readability without a buffer, then reads what is there: into the
+    // small part when it fits, else into the full chunk.
+    asio::awaitable<std::tuple<error_code, std::size_t>> read(read_buffer& buffer)
     {
-        auto result = co_await socket_->async_read_some(buffer, use_nothrow);
-        co_return result;
+        error_code ec;
+        if (buffer.holds_full()) {
+            std::size_t n = socket_->read_some(buffer.full(), ec);
+            if (!would_block(ec))
+                co_return std::tuple{ec, n};
+            buffer.release();
+        }
+        for (;;) {
+            auto waited = co_await socket_->async_wait(tcp::socket::wait_read, use_nothrow);
+            ec = std::get<0>(waited);
+            std::size_t available = ec ? 0 : socket_->available(ec);
+            if (ec)
+                co_return std::tuple{ec, std::size_t{0}};
+            std::size_t n = 0;
+            if (available <= read_buffer::small_size) {
+                buffer.use_small();
+                n = socket_->read_some(buffer.small(), ec);
+            } else {
+                n = socket_->read_some(buffer.full(), ec);
+            }
+            if (!would_block(ec))
+                co_return std::tuple{ec, n};
+        }
     }
     asio::awaitable<error_code> write(asio::const_buffer data)
     {
-        auto [ec, n] = co_await asio::async_write(*socket_, data, use_nothrow);
+        // Usually the whole buffer fits in the socket at once: no wait, no handler.
+        error_code ec;
+        std::size_t written = socket_->write_some(data, ec);
+        if (!ec || would_block(ec)) {
+            data += written;
+            if (data.size() == 0)
+                co_return error_code{};
+            auto rest = co_await asio::async_write(*socket_, data, use_nothrow);
+            co_return std::get<0>(rest);
+        }
         co_return ec;
     }
     asio::awaitable<error_code> write_eof()
@@ -161,6 +257,10 @@ public:
     }
 
 private:
+    static bool would_block(const error_code& ec)
+    {
+        return ec == asio::error::would_block || ec == asio::error::try_again;
+    }
     std::shared_ptr<tcp::socket> socket_;
 };
 
@@ -171,6 +271,8 @@ public:
     asio::any_io_executor executor() const { return shared_->ws->get_executor(); }
     wss_stream& stream() const { return *shared_->ws; }
 
+    // One whole message per read (the relay forwards frames as they came).
+    asio::awaitable<std::tuple<error_code, std::size_t>> read(read_buffer& buffer);
     asio::awaitable<std::tuple<error_code, std::size_t>> read(asio::mutable_buffer buffer);
     asio::awaitable<error_code> write(asio::const_buffer data);
     asio::awaitable<error_code> write_eof();

@@ -1,5 +1,7 @@
 #include "common/tls.hpp"
 
+#include <map>
+#include <mutex>
 #include <stdexcept>
 #include <openssl/ssl.h>
 
@@ -28,13 +30,88 @@ void harden(ssl::context& ctx, tls_version minimum)
     SSL_CTX_set1_groups_list(native, "X25519:P-256:P-384");
 }
 
+// The newest session per "host:port", owned by the SSL_CTX (freed with it).
+struct session_cache {
+    std::mutex mutex;
+    std::map<std::string, SSL_SESSION*> sessions;
+    ~session_cache()
+    {
+        for (auto& [key, session] : sessions)
+            SSL_SESSION_free(session);
+    }
+};
+
+void free_session_cache(void*, void* cache, CRYPTO_EX_DATA*, int, long, void*)
+{
+    delete static_cast<session_cache*>(cache);
+}
+
+int ctx_cache_index()
+{
+    static const int index = SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, free_session_cache);
+    return index;
+}
+
+// The "host:port" a connection was opened for (owned by the SSL, freed with it).
+void free_key(void*, void* key, CRYPTO_EX_DATA*, int, long, void*) { delete static_cast<std::string*>(key); }
+
+int ssl_key_index()
+{
+    static const int index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, free_key);
+    return index;
+}
+
+int remember_session(SSL* connection, SSL_SESSION* session)
+{
+    auto* key = static_cast<std::string*>(SSL_get_ex_data(connection, ssl_key_index()));
+    auto* cache = static_cast<session_cache*>(SSL_CTX_get_ex_data(SSL_get_SSL_CTX(connection), ctx_cache_index()));
+    if (!key || !cache)
+        return 0;
+    // A copy: OpenSSL marks the connection's own session object not resumable when the
+    // connection ends without close_notify (an aborted stream), which must not spoil the cache.
+    SSL_SESSION* copy = SSL_SESSION_dup(session);
+    if (!copy)
+        return 0;
+    std::lock_guard lock(cache->mutex);
+    auto& slot = cache->sessions[*key];
+    if (slot)
+        SSL_SESSION_free(slot);
+    slot = copy;
+    return 0; // OpenSSL keeps (and frees) its own reference
+}
+
+void enable_session_resumption(ssl::context& ctx)
+{
+    SSL_CTX* native = ctx.native_handle();
+    SSL_CTX_set_ex_data(native, ctx_cache_index(), new session_cache);
+    SSL_CTX_set_session_cache_mode(native, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(native, remember_session);
+}
+
 } // namespace
+
+void offer_session(SSL* connection, const std::string& host, std::uint16_t port)
+{
+    auto* cache = static_cast<session_cache*>(SSL_CTX_get_ex_data(SSL_get_SSL_CTX(connection), ctx_cache_index()));
+    if (!cache)
+        return;
+    std::string key = host + ":" + std::to_string(port);
+    {
+        std::lock_guard lock(cache->mutex);
+        auto it = cache->sessions.find(key);
+        if (it != cache->sessions.end() && SSL_SESSION_is_resumable(it->second))
+            SSL_set_session(connection, it->second); // takes its own reference
+    }
+    delete static_cast<std::string*>(SSL_get_ex_data(connection, ssl_key_index()));
+    SSL_set_ex_data(connection, ssl_key_index(), new std::string(std::move(key)));
+}
 
 ssl::context make_client_tls_context(const std::optional<std::filesystem::path>& ca_file, tls_version minimum)
 {
     ssl::context ctx(ssl::context::tls_client);
     harden(ctx, minimum);
     ctx.set_verify_mode(ssl::verify_peer);
+    enable_session_resumption(ctx);
     boost::system::error_code ec;
     if (ca_file && !ca_file->empty()) {
         ctx.load_verify_file(ca_file->string(), ec);
@@ -81,6 +158,11 @@ void use_client_certificate(ssl::context& ctx, const std::filesystem::path& cert
     ctx.use_private_key_file(private_key.string(), ssl::context::pem, ec);
     if (ec)
         throw std::runtime_error("cannot load client key " + private_key.string() + ": " + ec.message());
+    // A resumed session carries the device's certificate but not the chain it sent, which the
+    // relay may need to reach an uploaded CA: devices that authenticate by certificate always
+    // make full handshakes.
+    SSL_CTX_set_session_cache_mode(ctx.native_handle(), SSL_SESS_CACHE_OFF);
+    SSL_CTX_sess_set_new_cb(ctx.native_handle(), nullptr);
 }
 
 } // namespace sg

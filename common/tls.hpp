@@ -1,9 +1,13 @@
 #pragma once
 // TLS contexts for every Streamgate connection: TLS 1.2 minimum (1.3 on request), ECDHE with
 // AES-GCM or ChaCha20 only, no compression, no renegotiation.
+#include <cstdint>
 #include <filesystem>
 #include <optional>
+#include <string>
 #include <boost/asio/ssl/context.hpp>
+
+typedef struct ssl_st SSL;
 
 namespace sg {
 
@@ -20,7 +24,13 @@ boost::asio::ssl::context make_server_tls_context(const std::filesystem::path& c
                                                   tls_version minimum = tls_version::v1_2,
                                                   bool request_client_certificate = false);
 
-// Adds a client certificate (device X.509 authentication) to a client context.
+// A client context made above remembers the last TLS session (ticket) per relay host:port.
+// Call before the handshake: offers that session, so the handshake is resumed (no certificate
+// signature or verification) when the relay still accepts it; a full handshake otherwise.
+void offer_session(SSL* connection, const std::string& host, std::uint16_t port);
+
+// Adds a client certificate (device X.509 authentication) to a client context; such a context
+// makes full handshakes only (a resumed session would not carry the certificate chain).
 void use_client_certificate(boost::asio::ssl::context& ctx, const std::filesystem::path& certificate_chain,
                             const std::filesystem::path& private_key);
 

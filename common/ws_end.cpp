@@ -4,6 +4,32 @@
 
 namespace sg {
 
+asio::awaitable<std::tuple<error_code, std::size_t>> ws_end::read(read_buffer& buffer)
+{
+    // The wait for the next message holds only the small part; a message that does not fit
+    // there continues into the full chunk (its bytes are in flight already).
+    auto& ws = *shared_->ws;
+    buffer.release();
+    auto first = co_await ws.async_read_some(buffer.small(), use_nothrow);
+    auto ec = std::get<0>(first);
+    std::size_t total = std::get<1>(first);
+    if (ec)
+        co_return std::tuple{ec, total};
+    if (ws.got_text())
+        co_return std::tuple{error_code(websocket::error::bad_data_frame), std::size_t{0}};
+    if (ws.is_message_done()) {
+        if (total == 0)
+            co_return std::tuple{error_code(asio::error::eof), std::size_t{0}};
+        co_return std::tuple{error_code{}, total};
+    }
+    auto rest = co_await read(buffer.full(total) + total);
+    ec = std::get<0>(rest);
+    total += std::get<1>(rest);
+    if (ec == asio::error::eof) // the message's first bytes were data, not the end of stream
+        ec = {};
+    co_return std::tuple{ec, total};
+}
+
 asio::awaitable<std::tuple<error_code, std::size_t>> ws_end::read(asio::mutable_buffer buffer)
 {
     // One whole message per read, so the relay forwards frames as they came instead of

@@ -177,6 +177,8 @@ asio::awaitable<void> serve_connection(std::shared_ptr<relay_state> state, tcp::
         state->log->info("event=HandshakeFailed peer={} reason=\"{}\"", peer, hec.message());
         co_return;
     }
+    state->log->debug("peer={} tls={} resumed={}", peer, SSL_get_version(stream.native_handle()),
+                      SSL_session_reused(stream.native_handle()) == 1);
     beast::flat_buffer buffer;
     for (bool first = true;; first = false) {
         http::request_parser<http::string_body> parser;
