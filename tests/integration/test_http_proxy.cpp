@@ -4,7 +4,10 @@
 // from 127.0.0.1 is refused; tinyproxy's log lists each CONNECT as well.
 #include <catch2/catch.hpp>
 
+#include <sys/socket.h>
+
 #include <regex>
+#include <thread>
 
 #include "harness.hpp"
 
@@ -250,4 +253,61 @@ TEST_CASE("http proxy: HTTPS_PROXY from the environment is used, NO_PROXY and --
     REQUIRE(exit_code.has_value());
     CHECK(*exit_code != 0);
     CHECK(contains(service->stderr_text(), "cannot connect to proxy 127.0.0.1:" + std::to_string(dead_port)));
+}
+
+// A peer on the proxy's port that answers CONNECT the way broken or hostile middleboxes do (the
+// real-proxy cases are above): each answer must end in a clear error, never a hang or a TLS attempt
+// on top of garbage. It also records the CONNECT request exactly as the client sent it.
+TEST_CASE("http proxy: the CONNECT request on the wire, and answers that are not a tunnel are clear failures",
+          "[integration][http-proxy]") {
+    relay_fixture relay;
+    const std::string service_cs = relay.service_connection_string();
+    const std::string relay_authority = relay_host_of(service_cs) + ":" + std::to_string(relay.port());
+    struct bad_answer {
+        std::string bytes;
+        std::string expected;
+    };
+    const std::vector<bad_answer> answers = {
+        {"SSH-2.0-OpenSSH_9.2p1\r\n\r\n", "answered CONNECT with something that is not HTTP/1"},
+        {"HTTP/1.1 200 Connection established\r\nX-Filler: " + std::string(20000, 'a') + "\r\n\r\n",
+         "answered CONNECT with a header over 16 KiB"},
+        {"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n",
+         "refused CONNECT to relay " + relay_authority + ": 502 Bad Gateway"},
+        {"HTTP/1.1 200 Connection established\r\n\r\nEXTRA", "sent data before the tunnel"},
+        {"", "closed the connection without answering CONNECT"},
+    };
+    for (const auto& answer : answers) {
+        tcp_listener fake_proxy;
+        std::string request;
+        std::jthread server([&](std::stop_token stop) {
+            unique_fd fd = fake_proxy.accept(k_fail_timeout, stop);
+            if (!fd) return;
+            char buf[4096];
+            while (request.find("\r\n\r\n") == std::string::npos) {
+                ssize_t n = ::recv(fd.get(), buf, sizeof buf, 0);
+                if (n <= 0) return;
+                request.append(buf, static_cast<std::size_t>(n));
+            }
+            if (!answer.bytes.empty()) ::send(fd.get(), answer.bytes.data(), answer.bytes.size(), MSG_NOSIGNAL);
+            else ::shutdown(fd.get(), SHUT_WR);
+            wait_closed(fd.get(), k_fail_timeout);
+        });
+        auto [mine, theirs] = socket_pair();
+        auto service = spawn_stdio_service_proxy(
+            relay, service_cs, "any-device", theirs.get(),
+            {"--proxy", "http://bob:p%40ss@127.0.0.1:" + std::to_string(fake_proxy.port())});
+        theirs.reset();
+        std::optional<int> exit_code = service->wait_exit(k_fail_timeout);
+        server.request_stop();
+        server.join();
+        INFO("answer: " << answer.bytes.substr(0, 60));
+        INFO(service->describe());
+        REQUIRE(exit_code.has_value());
+        CHECK(*exit_code != 0);
+        CHECK(contains(service->stderr_text(), answer.expected));
+        CHECK(request == "CONNECT " + relay_authority + " HTTP/1.1\r\nHost: " + relay_authority +
+                             "\r\nUser-Agent: streamgate/0.1\r\nProxy-Connection: Keep-Alive\r\n"
+                             "Proxy-Authorization: Basic " + base64_encode(std::span(
+                                 reinterpret_cast<const unsigned char*>("bob:p@ss"), 8)) + "\r\n\r\n");
+    }
 }
