@@ -20,9 +20,9 @@ namespace {
 class tinyproxy_fixture {
 public:
     struct options {
-        int relay_port = 0;                 // the only port CONNECT may reach
-        std::string user, password;         // BasicAuth when user is not empty
-        std::string outgoing_address;       // Bind: the source address of its connections
+        int relay_port = 0;                   // the only port CONNECT may reach
+        std::string user{}, password{};       // BasicAuth when user is not empty
+        std::string outgoing_address{};       // Bind: the source address of its connections
     };
 
     explicit tinyproxy_fixture(const options& o) : port_(free_port()) {

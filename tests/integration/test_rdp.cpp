@@ -168,16 +168,14 @@ bytes receive_exactly(int fd, std::size_t size) {
 // [MS-RDPBCGR] 2.2.1.1: TPKT header, X.224 Connection Request (code 0xE0) with a routing cookie
 // and RDP_NEG_REQ (type 1) asking for PROTOCOL_SSL (1).
 bytes x224_connection_request() {
-    const std::string cookie = "Cookie: mstshash=streamgate\r\n";
-    bytes x224 = {0, 0xE0, 0, 0, 0, 0, 0};  // LI filled below, DST-REF, SRC-REF, class 0
-    x224.insert(x224.end(), cookie.begin(), cookie.end());
-    const bytes neg_req = {0x01, 0x00, 0x08, 0x00, 0x01, 0x00, 0x00, 0x00};
-    x224.insert(x224.end(), neg_req.begin(), neg_req.end());
-    x224[0] = static_cast<unsigned char>(x224.size() - 1);
-    const std::size_t total = 4 + x224.size();
-    bytes tpkt = {0x03, 0x00, static_cast<unsigned char>(total >> 8), static_cast<unsigned char>(total & 0xff)};
-    tpkt.insert(tpkt.end(), x224.begin(), x224.end());
-    return tpkt;
+    // TPKT: version 3, reserved, length (below); X.224: LI (below), CR code, DST-REF, SRC-REF, class 0.
+    bytes out = {0x03, 0x00, 0x00, 0x00, 0x00, 0xE0, 0x00, 0x00, 0x00, 0x00, 0x00};
+    for (char c : std::string("Cookie: mstshash=streamgate\r\n")) out.push_back(static_cast<unsigned char>(c));
+    for (unsigned char b : {0x01, 0x00, 0x08, 0x00, 0x01, 0x00, 0x00, 0x00}) out.push_back(b);  // RDP_NEG_REQ
+    out[2] = static_cast<unsigned char>(out.size() >> 8);
+    out[3] = static_cast<unsigned char>(out.size() & 0xff);
+    out[4] = static_cast<unsigned char>(out.size() - 5);  // the X.224 header after its LI byte
+    return out;
 }
 
 std::string openssl_errors() {
