@@ -90,7 +90,8 @@ http_proxy parse_proxy_url(std::string_view url)
     auto end = url.find_first_of("/?#");
     std::string_view authority = url.substr(0, end);
     if (end != std::string_view::npos && url.substr(end) != "/")
-        throw config_error("the proxy URL must be http://[user:password@]host[:port] without a path or query");
+        throw config_error("the proxy URL must be http://[user:password@]host[:port] without a path or query "
+                           "(a / ? # or @ in the user or password must be percent-encoded)");
 
     http_proxy out;
     if (auto at = authority.rfind('@'); at != std::string_view::npos) {

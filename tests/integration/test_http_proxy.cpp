@@ -154,7 +154,7 @@ TEST_CASE("http proxy: the device proxy and the service proxy reach a relay that
 
 // tinyproxy answers missing credentials with 407 and wrong ones with 401: both are shown as they came.
 TEST_CASE("http proxy: a wrong proxy password is refused (401), the device proxy keeps retrying with "
-          "backoff; without credentials the --stdio service proxy exits with 407 Proxy Authentication Required",
+          "backoff, without credentials the --stdio service proxy exits with 407 Proxy Authentication Required",
           "[integration][http-proxy]") {
     relay_fixture relay;
     tinyproxy_fixture proxy({.relay_port = relay.port(), .user = "alice", .password = proxy_password});

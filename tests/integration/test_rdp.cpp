@@ -211,7 +211,7 @@ bytes der_of_file(const std::filesystem::path& pem) {
 
 }  // namespace
 
-TEST_CASE("rdp: X.224 connection request/confirm and a TLS handshake with a real xrdp through the tunnel; "
+TEST_CASE("rdp: X.224 connection request/confirm and a TLS handshake with a real xrdp through the tunnel, "
           "xfreerdp +auth-only when installed",
           "[integration][rdp]") {
     xrdp_fixture xrdp;
