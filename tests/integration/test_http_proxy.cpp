@@ -136,6 +136,16 @@ TEST_CASE("http proxy: the device proxy and the service proxy reach a relay that
     CHECK(t.received == data.size());
     CHECK(t.received_sha256 == sha256_hex(data));
 
+    // The echo sample shares the option and the code path.
+    {
+        const std::vector<std::string> echo = {bin::echo_service, "--ca-file", relay.ca_file().string(), "--proxy",
+                                               proxy_url, service_cs, "proxied-device", "through the proxy"};
+        run_result r = run(echo);
+        INFO(describe(echo, r));
+        CHECK(r.exit_code == 0);
+        CHECK(contains(r.out, "Received stream data: through the proxy"));
+    }
+
     // Through the proxy: the control connection, the service's POST, and both sides joining the stream.
     INFO(proxy.log());
     CHECK(proxy.connects_to(relay.port()) >= 4);
