@@ -8,6 +8,7 @@
 #include <ctime>
 #include "common/crypto.hpp"
 #include "common/protocol.hpp"
+#include "common/proxy_tunnel.hpp"
 #include "common/sas_token.hpp"
 #include "common/tls.hpp"
 
@@ -66,24 +67,44 @@ std::optional<wss_url> parse_wss_url(std::string_view url)
 
 } // namespace
 
+namespace {
+// Written once at start-up, before any connection exists (see client.hpp).
+proxy_settings process_proxy_settings;
+} // namespace
+
+void set_proxy_settings(proxy_settings settings) { process_proxy_settings = std::move(settings); }
+const proxy_settings& current_proxy_settings() { return process_proxy_settings; }
+
 asio::awaitable<std::pair<failure, std::shared_ptr<tls_stream>>>
 connect_tls(ssl::context& tls, std::string host, std::uint16_t port, std::chrono::seconds timeout)
 {
     auto ex = co_await asio::this_coro::executor;
+    // Through a proxy the relay's name is resolved by the proxy: a corporate network may have no
+    // DNS for outside names.
+    const std::optional<http_proxy> proxy = process_proxy_settings.for_host(host);
+    const std::string dial_host = proxy ? proxy->host : host;
+    const std::uint16_t dial_port = proxy ? proxy->port : port;
+    const std::string dialled = proxy ? "proxy " + proxy->authority() : "relay " + host_header(host, port);
     tcp::resolver resolver(ex);
-    auto resolved = co_await resolver.async_resolve(host, std::to_string(port), use_nothrow);
+    auto resolved = co_await resolver.async_resolve(dial_host, std::to_string(dial_port), use_nothrow);
     auto& rec = std::get<0>(resolved);
     auto& endpoints = std::get<1>(resolved);
     if (rec)
-        co_return std::pair{local_failure("cannot resolve relay " + host + ": " + rec.message()), nullptr};
+        co_return std::pair{local_failure("cannot resolve " + dialled + ": " + rec.message()), nullptr};
 
     auto stream = std::make_shared<tls_stream>(ex, tls);
     auto& tcp_layer = beast::get_lowest_layer(*stream);
     tcp_layer.expires_after(timeout);
     // Every address is tried in turn: "localhost" may give ::1 first while the relay listens on 127.0.0.1.
-    auto [cec, ep] = co_await tcp_layer.async_connect(endpoints, use_nothrow);
+    auto connected = co_await tcp_layer.async_connect(endpoints, use_nothrow);
+    auto& cec = std::get<0>(connected);
     if (cec)
-        co_return std::pair{local_failure("cannot connect to relay " + host_header(host, port) + ": " + cec.message()), nullptr};
+        co_return std::pair{local_failure("cannot connect to " + dialled + ": " + cec.message()), nullptr};
+    if (proxy) {
+        auto tunnel = co_await open_proxy_tunnel(tcp_layer, *proxy, host, port);
+        if (tunnel)
+            co_return std::pair{tunnel, nullptr};
+    }
     tcp_layer.socket().set_option(tcp::no_delay(true));
 
     if (!is_ip_literal(host) && !SSL_set_tlsext_host_name(stream->native_handle(), host.c_str()))

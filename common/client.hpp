@@ -13,6 +13,7 @@
 #include "common/connection_string.hpp"
 #include "common/control_link.hpp"
 #include "common/error.hpp"
+#include "common/proxy_url.hpp"
 #include "common/websocket.hpp"
 
 namespace sg::client {
@@ -32,7 +33,16 @@ struct stream_response {
     std::string reason;              // the device's reason when it rejected
 };
 
-// Opens a TLS connection to host:port, trying every address the name resolves to.
+// The HTTP proxy every connection to the relay goes through (HTTP CONNECT), unless NO_PROXY says
+// otherwise. Process-wide, like set_default_liveness: set once at start-up before any connection
+// exists (the proxies and examples resolve --proxy / HTTPS_PROXY / NO_PROXY into it). Until set,
+// connections are direct.
+void set_proxy_settings(proxy_settings settings);
+const proxy_settings& current_proxy_settings();
+
+// Opens a TLS connection to host:port, trying every address the name resolves to; through the
+// proxy of current_proxy_settings() when it applies to host (the proxy then resolves the name).
+// SNI and certificate verification are against host either way.
 asio::awaitable<std::pair<failure, std::shared_ptr<tls_stream>>>
 connect_tls(asio::ssl::context& tls, std::string host, std::uint16_t port, std::chrono::seconds timeout);
 

@@ -131,6 +131,8 @@ asio::awaitable<void> control_loop(std::shared_ptr<proxy_state> state)
     std::mt19937 random(std::random_device{}());
     asio::steady_timer sleep(co_await asio::this_coro::executor);
     auto backoff = std::chrono::seconds(1);
+    if (auto proxy = client::current_proxy_settings().for_host(device.host()))
+        log.info("reaching relay {} through HTTP proxy {}", device.host_name, proxy->display());
     while (!state->stopping) {
         auto connection = co_await client::device_connection::connect(*state->tls, device);
         auto& f = std::get<0>(connection);

@@ -2,7 +2,9 @@
 #include <CLI/CLI.hpp>
 #include <cstdlib>
 #include <iostream>
+#include "common/client.hpp"
 #include "common/liveness.hpp"
+#include "common/proxy_cli.hpp"
 #include "device-proxy/device_proxy.hpp"
 
 int main(int argc, char** argv)
@@ -40,6 +42,8 @@ int main(int argc, char** argv)
     app.add_option("--backoff-reset", backoff_reset,
                    "Seconds a connection must stay up for the next reconnection to start again from 1 s")
         ->capture_default_str()->check(CLI::Range(1, 86400));
+    sg::proxy_cli proxy;
+    sg::add_proxy_options(app, proxy);
     app.add_flag("-v,--verbose", o.verbose, "Debug logging");
     app.set_version_flag("--version", "streamgate-device-proxy 0.1.0");
     CLI11_PARSE(app, argc, argv);
@@ -74,6 +78,7 @@ int main(int argc, char** argv)
         o.drain_timeout = std::chrono::seconds(std::max(0, drain));
         o.max_backoff = std::chrono::seconds(max_backoff);
         o.backoff_reset = std::chrono::seconds(backoff_reset);
+        sg::client::set_proxy_settings(proxy.resolve());
         sg::set_default_liveness(sg::liveness{std::chrono::seconds(30), std::chrono::seconds(std::max(1, ping_interval))});
         return dp::run(o);
     } catch (const sg::config_error& e) {

@@ -8,6 +8,7 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/strand.hpp>
 #include "common/client.hpp"
+#include "common/proxy_cli.hpp"
 #include "common/pump.hpp"
 #include "common/tls.hpp"
 
@@ -75,6 +76,8 @@ int main(int argc, char** argv)
     std::string connection, ca_file;
     app.add_option("connection-string", connection, "Device connection string (or env IOTHUB_DEVICE_CONN_STRING)");
     app.add_option("--ca-file", ca_file, "CA certificate(s) to verify the relay with (default: system store)");
+    sg::proxy_cli proxy;
+    sg::add_proxy_options(app, proxy);
     CLI11_PARSE(app, argc, argv);
     try {
         if (connection.empty() && std::getenv("IOTHUB_DEVICE_CONN_STRING"))
@@ -82,6 +85,7 @@ int main(int argc, char** argv)
         auto device = sg::parse_connection_string(connection);
         if (!device.is_device())
             throw sg::config_error("a device connection string is required");
+        sg::client::set_proxy_settings(proxy.resolve());
         auto tls = std::make_shared<boost::asio::ssl::context>(
             sg::make_client_tls_context(ca_file.empty() ? std::nullopt : std::optional<std::filesystem::path>(ca_file)));
         boost::asio::io_context ioc;

@@ -5,6 +5,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include "common/client.hpp"
+#include "common/proxy_cli.hpp"
 #include "common/pump.hpp"
 #include "common/tls.hpp"
 
@@ -71,6 +72,8 @@ int main(int argc, char** argv)
     app.add_option("message", message, "Text to send")->capture_default_str();
     app.add_option("--ca-file", ca_file, "CA certificate(s) to verify the relay with (default: system store)");
     app.add_option("--stream-name", request.stream_name, "Stream name")->capture_default_str();
+    sg::proxy_cli proxy;
+    sg::add_proxy_options(app, proxy);
     CLI11_PARSE(app, argc, argv);
     try {
         if (connection.empty() && std::getenv("IOTHUB_CONNECTION_STRING"))
@@ -81,6 +84,7 @@ int main(int argc, char** argv)
         if (service.is_device())
             throw sg::config_error("a service connection string is required");
         request.device_id = device;
+        sg::client::set_proxy_settings(proxy.resolve());
         auto tls = std::make_shared<boost::asio::ssl::context>(
             sg::make_client_tls_context(ca_file.empty() ? std::nullopt : std::optional<std::filesystem::path>(ca_file)));
         boost::asio::io_context ioc;

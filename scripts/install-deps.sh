@@ -11,6 +11,8 @@ packages=(
   catch2 libssh2-1-dev openssh-server openssh-client python3
   iproute2 nftables
   clang libclang-rt-14-dev
+  tinyproxy                          # integration: the HTTP proxy of test_http_proxy
+  xrdp freerdp2-x11 xvfb xauth       # integration: RDP through a tunnel (test_rdp)
 )
 missing=()
 for p in "${packages[@]}"; do

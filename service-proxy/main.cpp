@@ -2,7 +2,9 @@
 #include <CLI/CLI.hpp>
 #include <cstdlib>
 #include <iostream>
+#include "common/client.hpp"
 #include "common/liveness.hpp"
+#include "common/proxy_cli.hpp"
 #include "common/device_id.hpp"
 #include "service-proxy/service_proxy.hpp"
 
@@ -44,6 +46,8 @@ int main(int argc, char** argv)
     app.add_option("--ping-interval", ping_interval,
                    "Seconds of silence before the relay is pinged; dead after two intervals")->capture_default_str();
     app.add_option("--drain-timeout", drain, "Seconds live streams get to finish on SIGTERM")->capture_default_str();
+    sg::proxy_cli proxy;
+    sg::add_proxy_options(app, proxy);
     app.add_flag("-v,--verbose", o.verbose, "Debug logging");
     app.set_version_flag("--version", "streamgate-service-proxy 0.1.0");
     CLI11_PARSE(app, argc, argv);
@@ -77,6 +81,7 @@ int main(int argc, char** argv)
         o.connect_timeout = std::chrono::seconds(std::clamp(connect_timeout, 1, 300));
         o.response_timeout = std::chrono::seconds(std::clamp(response_timeout, 1, 300));
         o.drain_timeout = std::chrono::seconds(std::max(0, drain));
+        sg::client::set_proxy_settings(proxy.resolve());
         sg::set_default_liveness(sg::liveness{std::chrono::seconds(30), std::chrono::seconds(std::max(1, ping_interval))});
         return sp::run(o);
     } catch (const sg::config_error& e) {

@@ -166,6 +166,9 @@ int run(const options& o)
     state->tls = std::make_shared<asio::ssl::context>(make_client_tls_context(o.ca_file));
     state->ioc = &ioc;
 
+    if (auto proxy = client::current_proxy_settings().for_host(o.service.host()))
+        state->log->info("reaching relay {} through HTTP proxy {}", o.service.host_name, proxy->display());
+
     std::shared_ptr<tcp::acceptor> acceptor;
     if (o.stdio) {
         asio::co_spawn(asio::make_strand(ioc), serve_stdio(state), asio::detached);

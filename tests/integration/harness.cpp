@@ -215,8 +215,10 @@ std::pair<unique_fd, unique_fd> socket_pair() {
 namespace {
 
 std::vector<std::string> child_environment(const env_list& extra) {
-    static const std::vector<std::string> scrubbed = {"IOTHUB_CONNECTION_STRING",
-                                                      "STREAMING_TARGET_DEVICE", "PROXY_PORT"};
+    // The outbound proxy variables too: a developer's HTTPS_PROXY must not reroute the tests.
+    static const std::vector<std::string> scrubbed = {
+        "IOTHUB_CONNECTION_STRING", "STREAMING_TARGET_DEVICE", "PROXY_PORT", "HTTPS_PROXY",
+        "https_proxy", "NO_PROXY", "no_proxy"};
     std::vector<std::string> out;
     for (char** e = environ; *e != nullptr; ++e) {
         std::string kv(*e);

@@ -139,8 +139,8 @@ std::pair<unique_fd, unique_fd> socket_pair();
 // A child process. stdin is /dev/null and stdout/stderr go to <log_dir>/<name>.stdout/.stderr,
 // unless `stdio_fd` is given: then stdin and stdout are that fd (stderr still goes to the file).
 // The environment is ours plus `env`, minus the service proxy's fallback variables
-// (IOTHUB_CONNECTION_STRING, STREAMING_TARGET_DEVICE, PROXY_PORT) so a developer's shell cannot
-// change what a test runs.
+// (IOTHUB_CONNECTION_STRING, STREAMING_TARGET_DEVICE, PROXY_PORT) and outbound proxy variables
+// (HTTPS_PROXY, NO_PROXY, lower case too) so a developer's shell cannot change what a test runs.
 class process {
 public:
     process(std::string name, std::vector<std::string> argv, const std::filesystem::path& log_dir,
