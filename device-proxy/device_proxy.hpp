@@ -25,6 +25,7 @@ struct options {
     std::chrono::seconds stats_interval{10};  // 0 = off
     std::chrono::seconds connect_timeout{10}; // to the local target
     std::chrono::seconds drain_timeout{10};   // SIGTERM: time live streams get to finish
+    std::string metrics_listen;               // ADDR:PORT for /metrics and /healthz; empty or "off" = none
     bool exit_on_auth_failure = false;
     unsigned threads = 0;
     bool verbose = false;

@@ -33,6 +33,7 @@ int main(int argc, char** argv)
     app.add_option("--ping-interval", ping_interval,
                    "Seconds of silence before the relay is pinged; dead after two intervals")->capture_default_str();
     app.add_option("--drain-timeout", drain, "Seconds live streams get to finish on SIGTERM")->capture_default_str();
+    app.add_option("--metrics-listen", o.metrics_listen, "Plain-HTTP ADDR:PORT for /metrics and /healthz (default: off)");
     app.add_flag("-v,--verbose", o.verbose, "Debug logging");
     app.set_version_flag("--version", "streamgate-device-proxy 0.1.0");
     CLI11_PARSE(app, argc, argv);
