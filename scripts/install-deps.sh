@@ -10,6 +10,7 @@ packages=(
   libssl-dev openssl libspdlog-dev libsqlite3-dev sqlite3 libcli11-dev
   catch2 libssh2-1-dev openssh-server openssh-client python3
   iproute2 nftables
+  chromium
   clang libclang-rt-14-dev
 )
 missing=()
