@@ -119,14 +119,14 @@ json::object status_json(admin_context& ctx)
     };
     std::vector<row> rows;
     rows.reserve(registered->size() + online.size());
+    auto unlisted = online; // connected since the last registry read
     for (const auto& d : *registered) {
         auto it = online.find(d.id);
         rows.push_back(row{d.id, it != online.end(), d.enabled, it != online.end() ? iso8601(it->second) : d.state_since});
+        unlisted.erase(d.id);
     }
-    // Connected since the last registry read: listed from the connected set.
-    for (const auto& [id, at] : online)
-        if (std::none_of(registered->begin(), registered->end(), [&](const auto& d) { return d.id == id; }))
-            rows.push_back(row{id, true, true, iso8601(at)});
+    for (const auto& [id, at] : unlisted)
+        rows.push_back(row{id, true, true, iso8601(at)});
     std::sort(rows.begin(), rows.end(), [](const row& a, const row& b) {
         return a.online != b.online ? a.online : a.id < b.id;
     });
