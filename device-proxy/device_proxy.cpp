@@ -1,5 +1,6 @@
 #include "device-proxy/device_proxy.hpp"
 
+#include <array>
 #include <atomic>
 #include <random>
 #include <thread>
@@ -9,6 +10,8 @@
 #include <boost/asio/strand.hpp>
 #include "common/client.hpp"
 #include "common/device_id.hpp"
+#include "common/http_server.hpp"
+#include "common/prometheus.hpp"
 #include "common/log.hpp"
 #include "common/pump.hpp"
 #include "common/runtime.hpp"
@@ -40,12 +43,24 @@ std::pair<std::string, target> parse_service_mapping(const std::string& text)
 
 namespace {
 
+// Counters for --metrics-listen; relaxed atomics, none on the per-byte path (bytes are `traffic`).
+struct proxy_metrics {
+    enum rejection { unknown_stream_name, target_unreachable, shutting_down, rejection_count };
+    std::chrono::system_clock::time_point started_at = std::chrono::system_clock::now();
+    std::atomic<bool> control_connected{false};
+    std::atomic<std::uint64_t> control_connections{0}, reconnect_attempts{0}, control_failures{0};
+    std::atomic<std::uint64_t> stream_requests{0}, streams_accepted{0}, join_failures{0}, target_connect_failures{0};
+    std::array<std::atomic<std::uint64_t>, rejection_count> rejected{};
+    void reject(rejection why) { rejected[why].fetch_add(1, std::memory_order_relaxed); }
+};
+
 struct proxy_state {
     options opts;
     std::shared_ptr<spdlog::logger> log;
     std::shared_ptr<asio::ssl::context> tls;
     asio::io_context* ioc = nullptr;
-    pump_counters traffic;
+    pump_counters traffic; // a_to_b: target -> service, b_to_a: service -> target
+    proxy_metrics metrics;
     std::atomic<bool> stopping{false};
     std::atomic<std::size_t> active_streams{0};
     std::shared_ptr<client::device_connection> connection;
@@ -59,7 +74,9 @@ asio::awaitable<void> serve_stream(std::shared_ptr<proxy_state> state, std::shar
                                    client::incoming_stream_request req)
 {
     auto& log = *state->log;
+    state->metrics.stream_requests++;
     if (state->stopping) {
+        state->metrics.reject(proxy_metrics::shutting_down);
         conn->reject(req, "device proxy is shutting down");
         co_return;
     }
@@ -72,6 +89,7 @@ asio::awaitable<void> serve_stream(std::shared_ptr<proxy_state> state, std::shar
                 known += (known.empty() ? "" : ", ") + name;
             std::string reason = "unknown stream name '" + req.stream_name + "' (this device serves: " + known + ")";
             log.info("stream={} streamId={} rejected: {}", req.stream_name, req.stream_id, reason);
+            state->metrics.reject(proxy_metrics::unknown_stream_name);
             conn->reject(req, reason);
             co_return;
         }
@@ -99,11 +117,14 @@ asio::awaitable<void> serve_stream(std::shared_ptr<proxy_state> state, std::shar
     if (cec) {
         std::string reason = "cannot connect to target " + describe(t) + ": " + cec.message();
         log.warn("stream={} streamId={} rejected: {}", req.stream_name, req.stream_id, reason);
+        state->metrics.target_connect_failures++;
+        state->metrics.reject(proxy_metrics::target_unreachable);
         conn->reject(req, reason);
         co_return;
     }
     socket->set_option(tcp::no_delay(true));
     conn->accept(req);
+    state->metrics.streams_accepted++;
 
     auto joined = co_await client::connect_stream(*state->tls, req.url, req.authorization_token);
     auto& f = std::get<0>(joined);
@@ -111,6 +132,7 @@ asio::awaitable<void> serve_stream(std::shared_ptr<proxy_state> state, std::shar
     if (f) {
         log.warn("stream={} streamId={} could not join the streaming endpoint: {}", req.stream_name, req.stream_id,
                  f.describe());
+        state->metrics.join_failures++;
         co_return;
     }
     log.info("stream={} streamId={} established to {}", req.stream_name, req.stream_id, describe(t));
@@ -133,13 +155,16 @@ asio::awaitable<void> control_loop(std::shared_ptr<proxy_state> state)
     auto backoff = std::chrono::seconds(1);
     if (auto proxy = client::current_proxy_settings().for_host(device.host()))
         log.info("reaching relay {} through HTTP proxy {}", device.host_name, proxy->display());
-    while (!state->stopping) {
+    for (bool first = true; !state->stopping; first = false) {
+        if (!first)
+            state->metrics.reconnect_attempts++;
         auto connection = co_await client::device_connection::connect(*state->tls, device);
         auto& f = std::get<0>(connection);
         auto& conn = std::get<1>(connection);
         std::string why;
         if (f) {
             why = f.describe();
+            state->metrics.control_failures++;
             if (f.code == codes::unauthorized && state->opts.exit_on_auth_failure) {
                 log.error("relay refused device {}: {}; exiting (--exit-on-auth-failure)", device.device_id, why);
                 state->exit_code = 3;
@@ -152,12 +177,15 @@ asio::awaitable<void> control_loop(std::shared_ptr<proxy_state> state)
                 std::lock_guard lock(state->connection_mutex);
                 state->connection = conn;
             }
+            state->metrics.control_connections++;
+            state->metrics.control_connected = true;
             auto connected_at = std::chrono::steady_clock::now();
             std::function<void(client::incoming_stream_request)> on_request = [state, conn](client::incoming_stream_request req) {
                 state->log->info("stream request: stream={} streamId={}", req.stream_name, req.stream_id);
                 asio::co_spawn(asio::make_strand(*state->ioc), serve_stream(state, conn, std::move(req)), asio::detached);
             };
             auto lost = co_await conn->run(on_request);
+            state->metrics.control_connected = false;
             {
                 std::lock_guard lock(state->connection_mutex);
                 state->connection.reset();
@@ -210,6 +238,46 @@ asio::awaitable<void> report_traffic(std::shared_ptr<proxy_state> state)
     }
 }
 
+std::string metrics_text(proxy_state& state)
+{
+    namespace prom = sg::prometheus;
+    auto& m = state.metrics;
+    auto load = [](const std::atomic<std::uint64_t>& a) { return a.load(std::memory_order_relaxed); };
+    std::string out;
+    auto one = [&](const char* name, const char* type, const char* help, std::uint64_t value) {
+        prom::family(out, name, type, help);
+        prom::sample(out, name, {}, value);
+    };
+    prom::family(out, "streamgate_device_proxy_process_start_time_seconds", "gauge", "Start time since the Unix epoch.");
+    prom::sample(out, "streamgate_device_proxy_process_start_time_seconds", {},
+                 std::chrono::duration<double>(m.started_at.time_since_epoch()).count());
+    one("streamgate_device_proxy_control_connected", "gauge", "1 while the control connection to the relay is up.",
+        m.control_connected ? 1 : 0);
+    one("streamgate_device_proxy_control_connections_total", "counter", "Control connections established.",
+        load(m.control_connections));
+    one("streamgate_device_proxy_reconnects_total", "counter", "Connection attempts after the first (after a loss or a failure).",
+        load(m.reconnect_attempts));
+    one("streamgate_device_proxy_control_connect_failures_total", "counter", "Control connection attempts that failed.",
+        load(m.control_failures));
+    one("streamgate_device_proxy_stream_requests_total", "counter", "Stream requests received from the relay.",
+        load(m.stream_requests));
+    one("streamgate_device_proxy_streams_accepted_total", "counter", "Stream requests accepted (target connected).",
+        load(m.streams_accepted));
+    prom::family(out, "streamgate_device_proxy_streams_rejected_total", "counter", "Stream requests rejected, by reason.");
+    const char* reasons[] = {"unknown_stream_name", "target_unreachable", "shutting_down"};
+    for (int i = 0; i < proxy_metrics::rejection_count; ++i)
+        prom::sample(out, "streamgate_device_proxy_streams_rejected_total", {{"reason", reasons[i]}}, load(m.rejected[i]));
+    one("streamgate_device_proxy_stream_join_failures_total", "counter", "Accepted streams that could not join the streaming endpoint.",
+        load(m.join_failures));
+    one("streamgate_device_proxy_target_connect_failures_total", "counter", "Connections to a local target that failed.",
+        load(m.target_connect_failures));
+    one("streamgate_device_proxy_streams_active", "gauge", "Streams carrying bytes now.", state.active_streams.load());
+    prom::family(out, "streamgate_device_proxy_stream_bytes_total", "counter", "Stream payload bytes, by direction.");
+    prom::sample(out, "streamgate_device_proxy_stream_bytes_total", {{"direction", "service_to_device"}}, load(state.traffic.b_to_a));
+    prom::sample(out, "streamgate_device_proxy_stream_bytes_total", {{"direction", "device_to_service"}}, load(state.traffic.a_to_b));
+    return out;
+}
+
 } // namespace
 
 int run(const options& o)
@@ -229,6 +297,24 @@ int run(const options& o)
     asio::co_spawn(asio::make_strand(ioc), control_loop(state), asio::detached);
     if (o.stats_interval.count() > 0)
         asio::co_spawn(asio::make_strand(ioc), report_traffic(state), asio::detached);
+
+    std::shared_ptr<http_server> metrics_listener;
+    if (!listener_disabled(o.metrics_listen)) {
+        http_handler handler = [state](const std::string& target) -> http_reply {
+            std::string path = target.substr(0, target.find('?'));
+            if (path == "/metrics")
+                return {200, std::string(prometheus::content_type), metrics_text(*state), {}};
+            if (path == "/healthz")
+                return {200, "text/plain; charset=utf-8", "ok\n", {}};
+            return {404, "text/plain; charset=utf-8", "not found\n", {}};
+        };
+        try {
+            metrics_listener = start_http_server(ioc, o.metrics_listen, std::move(handler), state->log);
+        } catch (const std::exception& e) {
+            throw config_error(std::string("--metrics-listen: ") + e.what());
+        }
+        state->log->info("event=MetricsListening address={} paths=\"/metrics /healthz\"", metrics_listener->address());
+    }
 
     graceful_stop stop;
     stop.drain_timeout = o.drain_timeout;

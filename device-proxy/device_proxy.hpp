@@ -27,6 +27,7 @@ struct options {
     std::chrono::seconds drain_timeout{10};   // SIGTERM: time live streams get to finish
     std::chrono::seconds max_backoff{60};     // longest wait between reconnection attempts
     std::chrono::seconds backoff_reset{60};   // a connection up this long starts the backoff again at 1 s
+    std::string metrics_listen;               // ADDR:PORT for /metrics and /healthz; empty or "off" = none
     bool exit_on_auth_failure = false;
     unsigned threads = 0;
     bool verbose = false;

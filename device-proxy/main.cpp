@@ -44,6 +44,7 @@ int main(int argc, char** argv)
         ->capture_default_str()->check(CLI::Range(1, 86400));
     sg::proxy_cli proxy;
     sg::add_proxy_options(app, proxy);
+    app.add_option("--metrics-listen", o.metrics_listen, "Plain-HTTP ADDR:PORT for /metrics and /healthz (default: off)");
     app.add_flag("-v,--verbose", o.verbose, "Debug logging");
     app.set_version_flag("--version", "streamgate-device-proxy 0.1.0");
     CLI11_PARSE(app, argc, argv);

@@ -78,6 +78,7 @@ asio::awaitable<void> run_pair(std::shared_ptr<relay_state> state, std::shared_p
     state->log->info("event=StreamEstablished device={} stream={} streamId={} setupMs={:.1f}", s->device_id,
                      s->stream_name, s->stream_id, setup_ms);
     auto counters = std::make_shared<pump_counters>();
+    state->metrics.stream_started(s->stream_id, s->device_id, s->stream_name, started - s->requested_at, counters);
     auto done = std::make_shared<std::atomic<bool>>(false);
     auto idle = std::make_shared<std::atomic<bool>>(false);
     if (state->options.idle_stream_timeout.count() > 0)
@@ -86,7 +87,10 @@ asio::awaitable<void> run_pair(std::shared_ptr<relay_state> state, std::shared_p
     auto result = co_await pump(ws_end(service), ws_end(device), max_stream_message, counters.get());
     *done = true;
     auto seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    state->metrics.stream_ended(s->stream_id);
     state->active_streams--;
+    if (*idle)
+        state->metrics.limit_hit("idle_stream_timeout");
     state->log->info("event=StreamClosed device={} stream={} streamId={} bytesToDevice={} bytesToService={} "
                      "durationS={:.3f} result={}",
                      s->device_id, s->stream_name, s->stream_id, result.bytes_a_to_b, result.bytes_b_to_a, seconds,
@@ -103,6 +107,7 @@ asio::awaitable<void> serve_bridge(std::shared_ptr<relay_state> state, tls_strea
     if (auto f = claim_side(*state, r, req[http::field::authorization], s, side)) {
         state->log->warn("event=AuthFailed peer={} device={} endpoint=bridge streamId={} code={} reason=\"{}\"", peer,
                          r.device_id, r.stream_id, f.code, f.message);
+        state->metrics.auth_failed(auth_endpoint::bridge, f);
         auto res = error_response(req, f.code, f.message);
         res.keep_alive(false);
         co_await http::async_write(stream, res, use_nothrow);
@@ -160,6 +165,7 @@ asio::awaitable<void> serve_bridge(std::shared_ptr<relay_state> state, tls_strea
                                             " side never joined";
         state->log->info("event=StreamClosed device={} stream={} streamId={} result={} reason=\"{}\"", s->device_id,
                          s->stream_name, s->stream_id, code, why);
+        state->metrics.stream_not_joined(code);
         co_await ws->async_close(
             websocket::close_reason(websocket::close_code::internal_error, protocol::close_reason_text(code, why)),
             use_nothrow);

@@ -166,6 +166,7 @@ asio::awaitable<void> serve_control(std::shared_ptr<relay_state> state, tls_stre
                                                &credential)) {
         state->log->warn("event=AuthFailed peer={} device={} endpoint=control code={} reason=\"{}\"", peer, r.device_id,
                          f.code, f.message);
+        state->metrics.auth_failed(auth_endpoint::control, f);
         auto res = refuse(f);
         res.keep_alive(false);
         co_await http::async_write(stream, res, use_nothrow);
@@ -179,6 +180,7 @@ asio::awaitable<void> serve_control(std::shared_ptr<relay_state> state, tls_stre
         }
         if (connected >= state->options.max_control_connections) {
             state->log->warn("event=LimitHit limit=controlConnections device={} peer={}", r.device_id, peer);
+            state->metrics.limit_hit("max_devices");
             auto res = refuse(failure{codes::throttled, "too many connected devices on this relay"});
             res.set(http::field::retry_after, "30");
             res.keep_alive(false);
@@ -218,6 +220,7 @@ asio::awaitable<void> serve_control(std::shared_ptr<relay_state> state, tls_stre
         replaced->close(codes::connection_replaced, "a newer connection for this device replaced this one");
     }
     state->reg->set_connection_state(r.device_id, true);
+    state->metrics.device_connected();
     state->log->info("event=DeviceConnected device={} peer={} auth={}", r.device_id, peer,
                      credential.substr(0, credential.find(':')));
     // A key renewed between authorization and now must not slip through.
@@ -240,6 +243,8 @@ asio::awaitable<http::response<http::string_body>> open_stream(std::shared_ptr<r
     if (auto f = state->auth->authorize_policy(req[http::field::authorization], permission::service_connect, resource)) {
         state->log->warn("event=AuthFailed peer={} endpoint=streams device={} code={} reason=\"{}\"", peer, r.device_id,
                          f.code, f.message);
+        state->metrics.auth_failed(auth_endpoint::streams, f);
+        state->metrics.stream_rejected(rejection::unauthorized);
         co_return error_response(req, f.code, f.message);
     }
     auto seconds_header = [&](std::string_view name, int fallback) {
@@ -253,12 +258,15 @@ asio::awaitable<http::response<http::string_body>> open_stream(std::shared_ptr<r
     auto connect_timeout = seconds_header("iothub-streaming-connect-timeout-in-seconds", 60);
     auto response_timeout = seconds_header("iothub-streaming-response-timeout-in-seconds", 60);
 
-    if (!state->reg->find_device(r.device_id))
+    if (!state->reg->find_device(r.device_id)) {
+        state->metrics.stream_rejected(rejection::device_not_found);
         co_return error_response(req, codes::device_not_found, "device " + r.device_id + " is not registered");
+    }
     auto channel = state->find_device(r.device_id);
     if (!channel) {
         state->log->info("event=StreamRejected device={} stream={} result=404103 reason=\"device not online\"", r.device_id,
                          r.stream_name);
+        state->metrics.stream_rejected(rejection::device_not_online);
         co_return error_response(req, codes::device_not_online, "device " + r.device_id + " is not online");
     }
 
@@ -266,6 +274,8 @@ asio::awaitable<http::response<http::string_body>> open_stream(std::shared_ptr<r
     if (!admitted.slot) {
         state->log->warn("event=StreamRejected device={} stream={} result=429001 reason=\"{}\"", r.device_id,
                          r.stream_name, admitted.refused.message);
+        state->metrics.stream_rejected(rejection::throttled);
+        state->metrics.limit_hit(admitted.limit);
         auto res = error_response(req, admitted.refused.code, admitted.refused.message);
         res.set(http::field::retry_after, std::to_string(admitted.retry_after.count()));
         co_return res;
@@ -317,12 +327,14 @@ asio::awaitable<http::response<http::string_body>> open_stream(std::shared_ptr<r
         drop_stream();
         state->log->info("event=StreamRejected device={} stream={} streamId={} result=504101 reason=\"no answer in {}s\"",
                          r.device_id, r.stream_name, pending->stream_id, response_timeout.count());
+        state->metrics.stream_rejected(rejection::device_timeout);
         co_return error_response(req, codes::gateway_timeout, "Timed out waiting for the response from device.");
     }
     if (!answer) {
         drop_stream();
         state->log->info("event=StreamRejected device={} stream={} streamId={} result=404104 reason=\"device disconnected\"",
                          r.device_id, r.stream_name, pending->stream_id);
+        state->metrics.stream_rejected(rejection::device_disconnected);
         co_return error_response(req, codes::device_connection_closed, "the device disconnected before answering");
     }
 
@@ -352,6 +364,7 @@ asio::awaitable<http::response<http::string_body>> open_stream(std::shared_ptr<r
         body["reason"] = answer->reason;
         state->log->info("event=StreamRejected device={} stream={} streamId={} result=rejected reason=\"{}\"", r.device_id,
                          r.stream_name, pending->stream_id, reason);
+        state->metrics.stream_rejected(rejection::rejected_by_device);
     }
     res.body() = boost::json::serialize(body);
     res.prepare_payload();

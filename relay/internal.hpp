@@ -16,6 +16,7 @@
 #include "relay/auth.hpp"
 #include "relay/ip_filter.hpp"
 #include "relay/limits.hpp"
+#include "relay/metrics.hpp"
 #include "relay/registry.hpp"
 #include "relay/relay.hpp"
 #include "relay/router.hpp"
@@ -43,6 +44,7 @@ public:
     control_channel(std::string device_id, std::string credential, std::shared_ptr<wss_stream> ws);
     const std::string& device_id() const { return device_id_; }
     const std::string& credential() const { return credential_; }
+    const std::chrono::system_clock::time_point connected_at = std::chrono::system_clock::now();
     void send_request(const protocol::stream_request_message& m, std::shared_ptr<pending_answer> waiter);
     void forget_request(const std::string& request_id);
     void close(int code, std::string_view message);
@@ -94,6 +96,8 @@ struct relay_state {
     std::mutex streams_mutex;
     std::unordered_map<std::string, std::shared_ptr<pending_stream>> streams;
     std::atomic<std::uint64_t> active_streams{0};
+    relay_metrics metrics;
+    std::atomic<bool> ready{false}; // registry open and the main listener accepting
 
     std::shared_ptr<control_channel> find_device(const std::string& id);
     void expire_streams(); // drops streams nobody joined in time

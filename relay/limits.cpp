@@ -46,7 +46,8 @@ stream_slot::~stream_slot() { owner_->release(device_id_); }
 stream_admission::decision stream_admission::admit(const std::string& device_id, steady_time now)
 {
     decision d;
-    auto throttled = [&](std::string why, std::chrono::milliseconds wait) {
+    auto throttled = [&](std::string why, std::chrono::milliseconds wait, std::string_view limit) {
+        d.limit = limit;
         d.refused = failure{codes::throttled, std::move(why)};
         d.retry_after = std::chrono::seconds(std::max<long>(1, (wait.count() + 999) / 1000));
         return std::move(d);
@@ -59,18 +60,18 @@ stream_admission::decision stream_admission::admit(const std::string& device_id,
     }
     if (active_ >= limits_.max_streams)
         return throttled("too many concurrent streams on this relay (limit " + std::to_string(limits_.max_streams) + ")",
-                         std::chrono::milliseconds(1000));
+                         std::chrono::milliseconds(1000), "max_streams");
     auto it = devices_.try_emplace(device_id, device_state{token_bucket(limits_.device_stream_rate, limits_.device_stream_burst)}).first;
     auto& device = it->second;
     if (device.active >= limits_.max_streams_per_device)
         return throttled("too many concurrent streams to this device (limit " +
                              std::to_string(limits_.max_streams_per_device) + ")",
-                         std::chrono::milliseconds(1000));
+                         std::chrono::milliseconds(1000), "max_streams_per_device");
     std::chrono::milliseconds wait{0};
     if (!global_rate_.try_take(now, &wait))
-        return throttled("stream creation rate limit of the relay reached", wait);
+        return throttled("stream creation rate limit of the relay reached", wait, "stream_rate");
     if (!device.rate.try_take(now, &wait))
-        return throttled("stream creation rate limit of this device reached", wait);
+        return throttled("stream creation rate limit of this device reached", wait, "device_stream_rate");
     ++active_;
     ++device.active;
     d.slot = std::make_unique<stream_slot>(shared_from_this(), device_id);

@@ -6,6 +6,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include "common/error.hpp"
 
@@ -58,6 +59,7 @@ public:
         std::unique_ptr<stream_slot> slot;     // set when admitted
         failure refused;                       // 429001 with the reason otherwise
         std::chrono::seconds retry_after{0};   // for rate limits
+        std::string_view limit;                // the option that refused it, e.g. "max_streams"
     };
     decision admit(const std::string& device_id, steady_time now);
     std::size_t active() const;

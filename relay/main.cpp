@@ -59,6 +59,8 @@ int main(int argc, char** argv)
     int ping_interval = 20;
     app.add_option("--ping-interval", ping_interval,
                    "Seconds of silence before a WebSocket peer is pinged; dead after two intervals")->capture_default_str();
+    auto* admin_listen = app.add_option("--admin-listen", options.admin_listen,
+        "Plain-HTTP admin listener ADDR:PORT for /metrics, /healthz, /readyz and the status page (\"off\" = none)")->capture_default_str();
     app.add_flag("-v,--verbose", options.verbose, "Debug logging");
     app.set_version_flag("--version", "streamgate-relay 0.1.0");
     app.require_subcommand(0, 1);
@@ -90,6 +92,7 @@ int main(int argc, char** argv)
         options.key = key;
     }
     options.data_dir = data_dir;
+    options.admin_listen_required = admin_listen->count() > 0;
     options.min_tls = min_tls == "1.3" ? sg::tls_version::v1_3 : sg::tls_version::v1_2;
     options.drain_timeout = std::chrono::seconds(drain);
     options.handshake_timeout = std::chrono::seconds(handshake);

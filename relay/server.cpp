@@ -11,6 +11,7 @@
 #include "common/log.hpp"
 #include "common/runtime.hpp"
 #include "common/tls.hpp"
+#include "relay/admin_http.hpp"
 #include "relay/certificates.hpp"
 #include "relay/data_dir.hpp"
 #include "relay/device_json.hpp"
@@ -61,6 +62,7 @@ http::response<http::string_body> handle_device(relay_state& state, const reques
                                               read_only ? permission::registry_read : permission::registry_write, path)) {
         state.log->warn("event=AuthFailed peer={} endpoint=registry device={} code={} reason=\"{}\"", peer, r.device_id,
                         f.code, f.message);
+        state.metrics.auth_failed(auth_endpoint::registry, f);
         return error_response(req, f.code, f.message);
     }
     std::string if_match(req[http::field::if_match]);
@@ -131,6 +133,7 @@ asio::awaitable<http::response<http::string_body>> handle_rest(std::shared_ptr<r
             co_return error_response(req, codes::method_not_allowed, "use GET on /devices");
         if (auto f = state->auth->authorize_policy(req[http::field::authorization], permission::registry_read, "/devices")) {
             state->log->warn("event=AuthFailed peer={} endpoint=registry code={} reason=\"{}\"", peer, f.code, f.message);
+            state->metrics.auth_failed(auth_endpoint::registry, f);
             co_return error_response(req, f.code, f.message);
         }
         json::array list;
@@ -348,6 +351,8 @@ int run_relay(const relay_options& options)
 
     log->info("event=Listening address={} hostName={} hub={} dataDir={}", endpoint_text(acceptor.local_endpoint()),
               state->host_name, state->hub_name, options.data_dir.string());
+    state->ready = true;
+    auto admin_listener = start_admin_listener(ioc, state);
 
     graceful_stop stop;
     stop.drain_timeout = options.drain_timeout;

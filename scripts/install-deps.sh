@@ -10,6 +10,7 @@ packages=(
   libssl-dev openssl libspdlog-dev libsqlite3-dev sqlite3 libcli11-dev
   catch2 libssh2-1-dev openssh-server openssh-client python3
   iproute2 nftables
+  chromium
   clang libclang-rt-14-dev
   tinyproxy                          # integration: the HTTP proxy of test_http_proxy
   xrdp freerdp2-x11 xvfb xauth       # integration: RDP through a tunnel (test_rdp)
