@@ -2,19 +2,11 @@
 #include <CLI/CLI.hpp>
 #include <cstdlib>
 #include <iostream>
+#include "common/config.hpp"
 #include "common/liveness.hpp"
+#include "common/log.hpp"
 #include "common/device_id.hpp"
 #include "service-proxy/service_proxy.hpp"
-
-namespace {
-std::string env_or(const std::string& value, const char* name)
-{
-    if (!value.empty())
-        return value;
-    const char* env = std::getenv(name);
-    return env ? env : "";
-}
-} // namespace
 
 int main(int argc, char** argv)
 {
@@ -23,14 +15,20 @@ int main(int argc, char** argv)
                  "and opens one stream to the device through the Streamgate relay for every local connection; with "
                  "--stdio carries one stream over stdin/stdout, for SSH's ProxyCommand:\n"
                  "  ssh -o ProxyCommand=\"streamgate-service-proxy --stdio '$SVC' %h\" user@MyDevice\n\n"
+                 "Settings come from the command line, then environment variables (shown as Env), then --config "
+                 "FILE (TOML), then the defaults shown.\n\n"
                  "Exit codes: 0 done, 1 the stream could not be opened or failed (stderr names the error code, "
-                 "e.g. 404103 DeviceNotOnline), 2 usage."};
+                 "e.g. 404103 DeviceNotOnline), 2 usage or config error.",
+                 "streamgate-service-proxy"};
     std::string connection, device, port_text, ca_file;
     sp::options o;
     int connect_timeout = 60, response_timeout = 60;
-    app.add_option("connection-string", connection, "Service connection string (or env IOTHUB_CONNECTION_STRING)");
-    app.add_option("device-id", device, "Device to reach (or env STREAMING_TARGET_DEVICE)");
-    app.add_option("local-port", port_text, "Local port to listen on (or env PROXY_PORT; 0 picks a free one)");
+    app.add_option("connection-string", connection,
+                   "Service connection string: HostName=...;SharedAccessKeyName=...;SharedAccessKey=... (required)")
+        ->envname("IOTHUB_CONNECTION_STRING");
+    app.add_option("device-id", device, "Device to reach (required)")->envname("STREAMING_TARGET_DEVICE");
+    app.add_option("local-port", port_text, "Local port to listen on; 0 picks a free one (required unless --stdio)")
+        ->envname("PROXY_PORT");
     app.add_flag("--stdio", o.stdio, "Carry one stream over stdin/stdout instead of listening");
     app.add_option("--bind", o.bind, "Local address to listen on")->capture_default_str();
     app.add_option("--stream-name", o.stream_name, "Stream name: which of the device's services to reach")
@@ -39,19 +37,19 @@ int main(int argc, char** argv)
     app.add_option("--connect-timeout", connect_timeout, "Seconds both sides get to join the stream")->capture_default_str();
     app.add_option("--response-timeout", response_timeout, "Seconds the device gets to accept or reject")
         ->capture_default_str();
-    app.add_option("--threads", o.threads, "I/O threads (default: one per core)");
+    app.add_option("--threads", o.threads, "I/O threads (0: one per core)")->capture_default_str();
     int ping_interval = 20, drain = 10;
     app.add_option("--ping-interval", ping_interval,
                    "Seconds of silence before the relay is pinged; dead after two intervals")->capture_default_str();
     app.add_option("--drain-timeout", drain, "Seconds live streams get to finish on SIGTERM")->capture_default_str();
     app.add_flag("-v,--verbose", o.verbose, "Debug logging");
-    app.set_version_flag("--version", "streamgate-service-proxy 0.1.0");
-    CLI11_PARSE(app, argc, argv);
+    sg::cli::add_common_options(app, "streamgate-service-proxy 0.1.0");
+    sg::cli::add_default_env_names(app);
+    if (int code = sg::cli::parse(app, argc, argv); code >= 0)
+        return code;
 
     try {
-        connection = env_or(connection, "IOTHUB_CONNECTION_STRING");
-        o.device_id = env_or(device, "STREAMING_TARGET_DEVICE");
-        port_text = env_or(port_text, "PROXY_PORT");
+        o.device_id = device;
         if (connection.empty())
             throw sg::config_error("a service connection string is required (argument or IOTHUB_CONNECTION_STRING)");
         o.service = sg::parse_connection_string(connection);
@@ -78,12 +76,16 @@ int main(int argc, char** argv)
         o.response_timeout = std::chrono::seconds(std::clamp(response_timeout, 1, 300));
         o.drain_timeout = std::chrono::seconds(std::max(0, drain));
         sg::set_default_liveness(sg::liveness{std::chrono::seconds(30), std::chrono::seconds(std::max(1, ping_interval))});
+        if (sg::cli::print_config_requested(app)) {
+            std::cout << sg::cli::effective_config(app);
+            return 0;
+        }
         return sp::run(o);
     } catch (const sg::config_error& e) {
-        std::cerr << "error: " << e.what() << "\n";
+        sg::report_error("service-proxy", e.what());
         return 2;
     } catch (const std::exception& e) {
-        std::cerr << "error: " << e.what() << "\n";
+        sg::report_error("service-proxy", e.what());
         return 1;
     }
 }
