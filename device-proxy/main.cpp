@@ -22,11 +22,11 @@ int main(int argc, char** argv)
     int port = 0, stats = 10;
     std::vector<std::string> services;
     dp::options o;
-    app.add_option("connection-string", connection,
+    app.add_option("connection-string,--connection-string", connection,
                    "Device connection string: HostName=...;DeviceId=...;SharedAccessKey=... (required)")
         ->envname("IOTHUB_DEVICE_CONN_STRING");
-    app.add_option("target-host", host, "Default target host, e.g. localhost (required unless --service)");
-    app.add_option("target-port", port, "Default target port, e.g. 22 (required unless --service)");
+    app.add_option("target-host,--target-host", host, "Default target host, e.g. localhost (required unless --service)");
+    app.add_option("target-port,--target-port", port, "Default target port, e.g. 22 (required unless --service)");
     app.add_option("--service", services, "NAME=HOST:PORT: serve stream name NAME from HOST:PORT (repeatable); "
                                           "with any --service, unknown stream names are rejected");
     app.add_option("--ca-file", ca_file, "CA certificate(s) to verify the relay with (default: system store)");

@@ -77,7 +77,7 @@ int main(int argc, char** argv)
                  "or config error.",
                  "streamgate-echo-device"};
     std::string connection, ca_file;
-    app.add_option("connection-string", connection, "Device connection string (required)")
+    app.add_option("connection-string,--connection-string", connection, "Device connection string (required)")
         ->envname("IOTHUB_DEVICE_CONN_STRING");
     app.add_option("--ca-file", ca_file, "CA certificate(s) to verify the relay with (default: system store)");
     sg::cli::add_common_options(app, "streamgate-echo-device 0.1.0");

@@ -74,9 +74,9 @@ int main(int argc, char** argv)
                  "streamgate-echo-service"};
     std::string connection, device, ca_file, message = "Streaming data over a stream...";
     sg::client::stream_request request;
-    app.add_option("connection-string", connection, "Service connection string (required)")
+    app.add_option("connection-string,--connection-string", connection, "Service connection string (required)")
         ->envname("IOTHUB_CONNECTION_STRING");
-    app.add_option("device-id", device, "Device id (required)")->envname("STREAMING_TARGET_DEVICE");
+    app.add_option("device-id,--device-id", device, "Device id (required)")->envname("STREAMING_TARGET_DEVICE");
     app.add_option("message", message, "Text to send")->capture_default_str();
     app.add_option("--ca-file", ca_file, "CA certificate(s) to verify the relay with (default: system store)");
     app.add_option("--stream-name", request.stream_name, "Stream name")->capture_default_str();

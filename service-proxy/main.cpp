@@ -23,11 +23,11 @@ int main(int argc, char** argv)
     std::string connection, device, port_text, ca_file;
     sp::options o;
     int connect_timeout = 60, response_timeout = 60;
-    app.add_option("connection-string", connection,
+    app.add_option("connection-string,--connection-string", connection,
                    "Service connection string: HostName=...;SharedAccessKeyName=...;SharedAccessKey=... (required)")
         ->envname("IOTHUB_CONNECTION_STRING");
-    app.add_option("device-id", device, "Device to reach (required)")->envname("STREAMING_TARGET_DEVICE");
-    app.add_option("local-port", port_text, "Local port to listen on; 0 picks a free one (required unless --stdio)")
+    app.add_option("device-id,--device-id", device, "Device to reach (required)")->envname("STREAMING_TARGET_DEVICE");
+    app.add_option("local-port,--local-port", port_text, "Local port to listen on; 0 picks a free one (required unless --stdio)")
         ->envname("PROXY_PORT");
     app.add_flag("--stdio", o.stdio, "Carry one stream over stdin/stdout instead of listening");
     app.add_option("--bind", o.bind, "Local address to listen on")->capture_default_str();

@@ -263,6 +263,18 @@ TEST_CASE("config: --print-config masks the keys of connection strings", "[integ
     // The device proxy's effective settings include the file's mapping.
     run_result r = run(commands[0]);
     CHECK(contains(r.out, "service = [\"ssh=127.0.0.1:22\"]"));
+
+    // With the connection string in a file, the other positionals go by name (ProxyCommand style).
+    const fs::path service_file = relay.dir() / "service-proxy.toml";
+    write_text(service_file, "connection-string = " + toml_quote(service_cs) + "\n");
+    const std::vector<std::string> named = {bin::service_proxy, "--config", service_file.string(), "--stdio",
+                                            "--device-id", "masked-device", "--print-config"};
+    run_result s = run(named);
+    INFO(describe(named, s));
+    CHECK(s.exit_code == 0);
+    CHECK(contains(s.out, "\ndevice-id = \"masked-device\"\n"));
+    CHECK(contains(s.out, "\nstdio = true\n"));
+    CHECK_FALSE(contains(s.out, service_key));
 }
 
 TEST_CASE("config: --log-format json makes every log line of relay and proxies a JSON object",
