@@ -56,7 +56,7 @@ int main(int argc, char** argv)
 
     try {
         if (connection.empty())
-            throw sg::config_error("a device connection string is required (argument or IOTHUB_DEVICE_CONN_STRING)");
+            throw sg::config_error("a device connection string is required (argument, IOTHUB_DEVICE_CONN_STRING or connection-string in --config)");
         o.device = sg::parse_connection_string(connection);
         if (!o.device.is_device())
             throw sg::config_error("this is not a device connection string (it has no DeviceId)");

@@ -51,12 +51,12 @@ int main(int argc, char** argv)
     try {
         o.device_id = device;
         if (connection.empty())
-            throw sg::config_error("a service connection string is required (argument or IOTHUB_CONNECTION_STRING)");
+            throw sg::config_error("a service connection string is required (argument, IOTHUB_CONNECTION_STRING or connection-string in --config)");
         o.service = sg::parse_connection_string(connection);
         if (o.service.is_device())
             throw sg::config_error("this is a device connection string; the service proxy needs a service policy's");
         if (!sg::is_valid_device_id(o.device_id))
-            throw sg::config_error("a valid device id is required (argument or STREAMING_TARGET_DEVICE)");
+            throw sg::config_error("a valid device id is required (argument, STREAMING_TARGET_DEVICE or device-id in --config)");
         if (!o.stdio) {
             int port = -1;
             try {
@@ -67,7 +67,7 @@ int main(int argc, char** argv)
             } catch (const std::exception&) {
             }
             if (port < 0 || port > 65535)
-                throw sg::config_error("a local port is required (argument or PROXY_PORT), or --stdio");
+                throw sg::config_error("a local port is required (argument, PROXY_PORT or local-port in --config), or --stdio");
             o.local_port = static_cast<std::uint16_t>(port);
         }
         if (!ca_file.empty())
