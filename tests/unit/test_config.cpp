@@ -95,7 +95,7 @@ struct test_program {
 
 } // namespace
 
-TEST_CASE("config: a file sets options; without it the defaults stay", "[config]")
+TEST_CASE("config: a file sets options, without it the defaults stay", "[config]")
 {
     temp_toml file("max-streams = 7\nlisten = \"127.0.0.1:9000\"\nstream-rate = 0.5\nverbose = true\n");
     test_program with_file;
@@ -143,7 +143,7 @@ TEST_CASE("config: precedence is command line > environment > file > default", "
     }
 }
 
-TEST_CASE("config: repeatable options take arrays; an empty array keeps the default", "[config]")
+TEST_CASE("config: repeatable options take arrays, an empty array keeps the default", "[config]")
 {
     temp_toml file("ip-filter = [\"accept 10.0.0.0/8\", \"reject 0.0.0.0/0\"]\n");
     test_program p;
