@@ -6,6 +6,7 @@
 #include <charconv>
 #include <cstdlib>
 #include <iostream>
+#include <optional>
 #include <regex>
 #include <sstream>
 #include <toml++/toml.h>
