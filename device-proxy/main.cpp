@@ -3,7 +3,9 @@
 #include <cstdlib>
 #include <iostream>
 #include "common/client.hpp"
+#include "common/config.hpp"
 #include "common/liveness.hpp"
+#include "common/log.hpp"
 #include "common/proxy_cli.hpp"
 #include "device-proxy/device_proxy.hpp"
 
@@ -12,16 +14,21 @@ int main(int argc, char** argv)
     namespace dp = sg::device_proxy;
     CLI::App app{"streamgate-device-proxy: runs on the device. Keeps an outbound TLS control connection to the "
                  "Streamgate relay and, for every stream a service opens, connects to the local target and carries "
-                 "the bytes. Reconnects when the relay is away; serves any number of streams at once.\n\n"
-                 "Exit codes: 0 stopped by SIGTERM/SIGINT, 2 usage, 3 refused by the relay (--exit-on-auth-failure)."};
+                 "the bytes. Reconnects when the relay is away; serves any number of streams at once. Settings come "
+                 "from the command line, then environment variables (shown as Env), then --config FILE (TOML), "
+                 "then the defaults shown.\n\n"
+                 "Exit codes: 0 stopped by SIGTERM/SIGINT, 1 error, 2 usage or config error, 3 refused by the relay "
+                 "(--exit-on-auth-failure).",
+                 "streamgate-device-proxy"};
     std::string connection, host, ca_file;
     int port = 0, stats = 10;
     std::vector<std::string> services;
     dp::options o;
-    app.add_option("connection-string", connection,
-                   "Device connection string (or env IOTHUB_DEVICE_CONN_STRING): HostName=...;DeviceId=...;SharedAccessKey=...");
-    app.add_option("target-host", host, "Default target host (e.g. localhost)");
-    app.add_option("target-port", port, "Default target port (e.g. 22)");
+    app.add_option("connection-string,--connection-string", connection,
+                   "Device connection string: HostName=...;DeviceId=...;SharedAccessKey=... (required)")
+        ->envname("IOTHUB_DEVICE_CONN_STRING");
+    app.add_option("target-host,--target-host", host, "Default target host, e.g. localhost (required unless --service)");
+    app.add_option("target-port,--target-port", port, "Default target port, e.g. 22 (required unless --service)");
     app.add_option("--service", services, "NAME=HOST:PORT: serve stream name NAME from HOST:PORT (repeatable); "
                                           "with any --service, unknown stream names are rejected");
     app.add_option("--ca-file", ca_file, "CA certificate(s) to verify the relay with (default: system store)");
@@ -29,8 +36,9 @@ int main(int argc, char** argv)
     app.add_option("--cert", cert, "Device certificate (PEM) for X.509 authentication (connection string with x509=true)");
     app.add_option("--key", key, "Private key for --cert (PEM)");
     app.add_option("--stats-interval", stats, "Seconds between traffic statistics lines (0 = off)")->capture_default_str();
-    app.add_flag("--exit-on-auth-failure", o.exit_on_auth_failure, "Exit (code 3) when the relay refuses the credentials");
-    app.add_option("--threads", o.threads, "I/O threads (default: one per core)");
+    app.add_flag("--exit-on-auth-failure", o.exit_on_auth_failure,
+                 "Exit (code 3) when the relay refuses the credentials (default: keep retrying)");
+    app.add_option("--threads", o.threads, "I/O threads (0: one per core)")->capture_default_str();
     int ping_interval = 20, drain = 10;
     app.add_option("--ping-interval", ping_interval,
                    "Seconds of silence before the relay is pinged; dead after two intervals")->capture_default_str();
@@ -46,15 +54,14 @@ int main(int argc, char** argv)
     sg::add_proxy_options(app, proxy);
     app.add_option("--metrics-listen", o.metrics_listen, "Plain-HTTP ADDR:PORT for /metrics and /healthz (default: off)");
     app.add_flag("-v,--verbose", o.verbose, "Debug logging");
-    app.set_version_flag("--version", "streamgate-device-proxy 0.1.0");
-    CLI11_PARSE(app, argc, argv);
+    sg::cli::add_common_options(app, "streamgate-device-proxy 0.1.0");
+    sg::cli::add_default_env_names(app);
+    if (int code = sg::cli::parse(app, argc, argv); code >= 0)
+        return code;
 
     try {
         if (connection.empty())
-            if (const char* env = std::getenv("IOTHUB_DEVICE_CONN_STRING"))
-                connection = env;
-        if (connection.empty())
-            throw sg::config_error("a device connection string is required (argument or IOTHUB_DEVICE_CONN_STRING)");
+            throw sg::config_error("a device connection string is required (argument, IOTHUB_DEVICE_CONN_STRING or connection-string in --config)");
         o.device = sg::parse_connection_string(connection);
         if (!o.device.is_device())
             throw sg::config_error("this is not a device connection string (it has no DeviceId)");
@@ -81,12 +88,16 @@ int main(int argc, char** argv)
         o.backoff_reset = std::chrono::seconds(backoff_reset);
         sg::client::set_proxy_settings(proxy.resolve());
         sg::set_default_liveness(sg::liveness{std::chrono::seconds(30), std::chrono::seconds(std::max(1, ping_interval))});
+        if (sg::cli::print_config_requested(app)) {
+            std::cout << sg::cli::effective_config(app);
+            return 0;
+        }
         return dp::run(o);
     } catch (const sg::config_error& e) {
-        std::cerr << "error: " << e.what() << "\n";
+        sg::report_error("device-proxy", e.what());
         return 2;
     } catch (const std::exception& e) {
-        std::cerr << "error: " << e.what() << "\n";
+        sg::report_error("device-proxy", e.what());
         return 1;
     }
 }

@@ -8,6 +8,8 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/strand.hpp>
 #include "common/client.hpp"
+#include "common/config.hpp"
+#include "common/log.hpp"
 #include "common/proxy_cli.hpp"
 #include "common/pump.hpp"
 #include "common/tls.hpp"
@@ -21,7 +23,7 @@ asio::awaitable<void> echo(std::shared_ptr<asio::ssl::context> tls, client::inco
     auto& f = std::get<0>(joined);
     auto& ws = std::get<1>(joined);
     if (f) {
-        std::cerr << "cannot join stream " << req.stream_id << ": " << f.describe() << "\n";
+        make_logger("echo-device")->warn("cannot join stream {}: {}", req.stream_id, f.describe());
         co_return;
     }
     ws_end end(ws);
@@ -53,8 +55,8 @@ asio::awaitable<void> serve(asio::io_context& ioc, std::shared_ptr<asio::ssl::co
         auto& f = std::get<0>(connection);
         auto& conn = std::get<1>(connection);
         if (!f) {
-            std::cerr << "Connected to " << device.host_name << " as " << device.device_id << "; waiting for streams"
-                      << std::endl;
+            make_logger("echo-device")->info("Connected to {} as {}; waiting for streams", device.host_name,
+                                             device.device_id);
             std::function<void(client::incoming_stream_request)> on_request = [&ioc, tls, conn](client::incoming_stream_request req) {
                 conn->accept(req);
                 asio::co_spawn(asio::make_strand(ioc), echo(tls, std::move(req)), asio::detached);
@@ -62,7 +64,7 @@ asio::awaitable<void> serve(asio::io_context& ioc, std::shared_ptr<asio::ssl::co
             auto lost = co_await conn->run(on_request);
             f = lost;
         }
-        std::cerr << "Control connection: " << f.describe() << "; retrying in 2s" << std::endl;
+        make_logger("echo-device")->warn("Control connection: {}; retrying in 2s", f.describe());
         pause.expires_after(std::chrono::seconds(2));
         co_await pause.async_wait(use_nothrow);
     }
@@ -72,19 +74,27 @@ asio::awaitable<void> serve(asio::io_context& ioc, std::shared_ptr<asio::ssl::co
 int main(int argc, char** argv)
 {
     CLI::App app{"streamgate-echo-device: the device side of the echo sample; accepts every stream request and "
-                 "echoes the data back. Runs until interrupted."};
+                 "echoes the data back. Runs until interrupted.\n\nExit codes: 0 stopped by SIGTERM/SIGINT, 2 usage "
+                 "or config error.",
+                 "streamgate-echo-device"};
     std::string connection, ca_file;
-    app.add_option("connection-string", connection, "Device connection string (or env IOTHUB_DEVICE_CONN_STRING)");
+    app.add_option("connection-string,--connection-string", connection, "Device connection string (required)")
+        ->envname("IOTHUB_DEVICE_CONN_STRING");
     app.add_option("--ca-file", ca_file, "CA certificate(s) to verify the relay with (default: system store)");
     sg::proxy_cli proxy;
     sg::add_proxy_options(app, proxy);
-    CLI11_PARSE(app, argc, argv);
+    sg::cli::add_common_options(app, "streamgate-echo-device 0.1.0");
+    sg::cli::add_default_env_names(app);
+    if (int code = sg::cli::parse(app, argc, argv); code >= 0)
+        return code;
     try {
-        if (connection.empty() && std::getenv("IOTHUB_DEVICE_CONN_STRING"))
-            connection = std::getenv("IOTHUB_DEVICE_CONN_STRING");
         auto device = sg::parse_connection_string(connection);
         if (!device.is_device())
             throw sg::config_error("a device connection string is required");
+        if (sg::cli::print_config_requested(app)) {
+            std::cout << sg::cli::effective_config(app);
+            return 0;
+        }
         sg::client::set_proxy_settings(proxy.resolve());
         auto tls = std::make_shared<boost::asio::ssl::context>(
             sg::make_client_tls_context(ca_file.empty() ? std::nullopt : std::optional<std::filesystem::path>(ca_file)));
@@ -95,7 +105,7 @@ int main(int argc, char** argv)
         ioc.run();
         return 0;
     } catch (const std::exception& e) {
-        std::cerr << "error: " << e.what() << "\n";
+        sg::report_error("echo-device", e.what());
         return 2;
     }
 }

@@ -5,6 +5,8 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include "common/client.hpp"
+#include "common/config.hpp"
+#include "common/log.hpp"
 #include "common/proxy_cli.hpp"
 #include "common/pump.hpp"
 #include "common/tls.hpp"
@@ -19,20 +21,23 @@ asio::awaitable<int> run(std::shared_ptr<asio::ssl::context> tls, connection_str
     auto& f = std::get<0>(created);
     auto& response = std::get<1>(created);
     if (f) {
-        std::cerr << "error: cannot create a stream to " << request.device_id << ": " << f.describe() << "\n";
+        const std::string message_text = "cannot create a stream to " + request.device_id + ": " + f.describe();
+        report_error("echo-service", message_text);
         co_return 1;
     }
     std::cout << "Stream response received: Name=" << response.stream_name
               << " IsAccepted=" << (response.accepted ? "True" : "False") << std::endl;
     if (!response.accepted) {
-        std::cerr << "error: the device rejected the stream: " << response.reason << "\n";
+        const std::string message_text = "the device rejected the stream: " + response.reason;
+        report_error("echo-service", message_text);
         co_return 1;
     }
     auto joined = co_await client::connect_stream(*tls, response.url, response.authorization_token);
     auto& jf = std::get<0>(joined);
     auto& ws = std::get<1>(joined);
     if (jf) {
-        std::cerr << "error: cannot join the stream: " << jf.describe() << "\n";
+        const std::string message_text = "cannot join the stream: " + jf.describe();
+        report_error("echo-service", message_text);
         co_return 1;
     }
     std::cout << "Starting streaming" << std::endl;
@@ -52,7 +57,8 @@ asio::awaitable<int> run(std::shared_ptr<asio::ssl::context> tls, connection_str
     }
     co_await end.close();
     if (wec || rec != asio::error::eof) {
-        std::cerr << "error: stream failed: " << (wec ? wec : rec).message() << "\n";
+        const std::string message_text = "stream failed: " + (wec ? wec : rec).message();
+        report_error("echo-service", message_text);
         co_return 1;
     }
     std::cout << "Received stream data: " << echoed << std::endl;
@@ -64,26 +70,32 @@ asio::awaitable<int> run(std::shared_ptr<asio::ssl::context> tls, connection_str
 int main(int argc, char** argv)
 {
     CLI::App app{"streamgate-echo-service: the service side of the echo sample; opens a stream to the device, sends "
-                 "a message and prints what comes back. Exit code 0 when the echo matches."};
+                 "a message and prints what comes back.\n\nExit codes: 0 the echo matches, 1 the stream failed or the "
+                 "echo differs, 2 usage or config error.",
+                 "streamgate-echo-service"};
     std::string connection, device, ca_file, message = "Streaming data over a stream...";
     sg::client::stream_request request;
-    app.add_option("connection-string", connection, "Service connection string (or env IOTHUB_CONNECTION_STRING)");
-    app.add_option("device-id", device, "Device id (or env STREAMING_TARGET_DEVICE)");
+    app.add_option("connection-string,--connection-string", connection, "Service connection string (required)")
+        ->envname("IOTHUB_CONNECTION_STRING");
+    app.add_option("device-id,--device-id", device, "Device id (required)")->envname("STREAMING_TARGET_DEVICE");
     app.add_option("message", message, "Text to send")->capture_default_str();
     app.add_option("--ca-file", ca_file, "CA certificate(s) to verify the relay with (default: system store)");
     app.add_option("--stream-name", request.stream_name, "Stream name")->capture_default_str();
     sg::proxy_cli proxy;
     sg::add_proxy_options(app, proxy);
-    CLI11_PARSE(app, argc, argv);
+    sg::cli::add_common_options(app, "streamgate-echo-service 0.1.0");
+    sg::cli::add_default_env_names(app);
+    if (int code = sg::cli::parse(app, argc, argv); code >= 0)
+        return code;
     try {
-        if (connection.empty() && std::getenv("IOTHUB_CONNECTION_STRING"))
-            connection = std::getenv("IOTHUB_CONNECTION_STRING");
-        if (device.empty() && std::getenv("STREAMING_TARGET_DEVICE"))
-            device = std::getenv("STREAMING_TARGET_DEVICE");
         auto service = sg::parse_connection_string(connection);
         if (service.is_device())
             throw sg::config_error("a service connection string is required");
         request.device_id = device;
+        if (sg::cli::print_config_requested(app)) {
+            std::cout << sg::cli::effective_config(app);
+            return 0;
+        }
         sg::client::set_proxy_settings(proxy.resolve());
         auto tls = std::make_shared<boost::asio::ssl::context>(
             sg::make_client_tls_context(ca_file.empty() ? std::nullopt : std::optional<std::filesystem::path>(ca_file)));
@@ -95,7 +107,7 @@ int main(int argc, char** argv)
         ioc.run();
         return result;
     } catch (const std::exception& e) {
-        std::cerr << "error: " << e.what() << "\n";
+        sg::report_error("echo-service", e.what());
         return 2;
     }
 }

@@ -1,8 +1,10 @@
 // streamgate-relay: runs the relay, or with a subcommand administers its registry.
 #include <CLI/CLI.hpp>
 #include <iostream>
+#include "common/config.hpp"
 #include "common/connection_string.hpp"
 #include "common/liveness.hpp"
+#include "common/log.hpp"
 #include "relay/admin.hpp"
 #include "relay/relay.hpp"
 
@@ -13,21 +15,25 @@ int main(int argc, char** argv)
     CLI::App app{"streamgate-relay: the Streamgate relay (device registry, control connections and streaming "
                  "endpoint on one TLS port).\n\nWithout a subcommand it runs the relay until SIGTERM/SIGINT. "
                  "With one, it administers the registry in --data-dir (also while the relay runs) and prints "
-                 "only the result on stdout.\n\nExit codes: 0 success, 1 error (the message names the error "
-                 "code, e.g. 409001), 2 usage."};
+                 "only the result on stdout. Settings come from the command line, then environment variables "
+                 "(STREAMGATE_<OPTION>, shown as Env), then --config FILE (TOML), then the defaults shown.\n\n"
+                 "Exit codes: 0 success, 1 error (the message names the error code, e.g. 409001), 2 usage or "
+                 "config error.",
+                 "streamgate-relay"};
     std::string data_dir = options.data_dir.string();
     std::string min_tls = "1.2";
     std::string cert, key;
     int drain = static_cast<int>(options.drain_timeout.count());
     int handshake = static_cast<int>(options.handshake_timeout.count());
     app.add_option("--data-dir", data_dir, "Registry, keys and certificates (created 0700)")->capture_default_str();
-    app.add_option("--listen", options.listen, "Address and port to serve on (port 0 picks a free one)")
+    app.add_option("--listen", options.listen, "Address and port to serve on, host:port (port 0 picks a free one)")
         ->capture_default_str();
     app.add_option("--host-name", options.host_name,
-                   "Public host name of the relay, used in connection strings, streaming URLs and the certificate");
+                   "Public host name of the relay, used in connection strings, streaming URLs and the certificate "
+                   "(default: as last started on --data-dir, else localhost)");
     app.add_option("--cert", cert, "Server certificate chain (PEM); default: issued by the embedded CA");
     app.add_option("--key", key, "Private key for --cert (PEM)");
-    app.add_option("--threads", options.threads, "I/O threads (default: one per core)");
+    app.add_option("--threads", options.threads, "I/O threads (0: one per core)")->capture_default_str();
     app.add_option("--min-tls", min_tls, "Minimum TLS version: 1.2 or 1.3")->check(CLI::IsMember({"1.2", "1.3"}))
         ->capture_default_str();
     app.add_option("--handshake-timeout", handshake, "Seconds a client gets for TCP+TLS+HTTP request")->capture_default_str();
@@ -62,7 +68,8 @@ int main(int argc, char** argv)
     auto* admin_listen = app.add_option("--admin-listen", options.admin_listen,
         "Plain-HTTP admin listener ADDR:PORT for /metrics, /healthz, /readyz and the status page (\"off\" = none)")->capture_default_str();
     app.add_flag("-v,--verbose", options.verbose, "Debug logging");
-    app.set_version_flag("--version", "streamgate-relay 0.1.0");
+    sg::cli::add_common_options(app, "streamgate-relay 0.1.0");
+    sg::cli::add_default_env_names(app);
     app.require_subcommand(0, 1);
 
     int admin_result = 0;
@@ -74,17 +81,13 @@ int main(int argc, char** argv)
         admin.host_name = options.host_name;
     });
 
-    try {
-        app.parse(argc, argv);
-    } catch (const CLI::ParseError& e) {
-        int code = app.exit(e);
-        return code == 0 ? 0 : 2;
-    }
+    if (int code = sg::cli::parse(app, argc, argv); code >= 0)
+        return code;
     if (admin_ran)
         return admin_result;
 
     if (cert.empty() != key.empty()) {
-        std::cerr << "error: --cert and --key go together\n";
+        sg::report_error("relay", "--cert and --key go together");
         return 2;
     }
     if (!cert.empty()) {
@@ -99,10 +102,14 @@ int main(int argc, char** argv)
     options.clock_skew = std::chrono::seconds(std::max(0, clock_skew));
     options.idle_stream_timeout = std::chrono::seconds(std::max(0, idle_stream));
     sg::set_default_liveness(sg::liveness{std::chrono::seconds(30), std::chrono::seconds(std::max(1, ping_interval))});
+    if (sg::cli::print_config_requested(app)) {
+        std::cout << sg::cli::effective_config(app);
+        return 0;
+    }
     try {
         return sg::relay::run_relay(options);
     } catch (const std::exception& e) {
-        std::cerr << "error: " << e.what() << "\n";
+        sg::report_error("relay", e.what());
         return 1;
     }
 }

@@ -7,7 +7,7 @@ SUDO=""
 packages=(
   g++ cmake ninja-build ccache pkg-config git
   libboost1.81-dev libboost-json1.81-dev
-  libssl-dev openssl libspdlog-dev libsqlite3-dev sqlite3 libcli11-dev
+  libssl-dev openssl libspdlog-dev libsqlite3-dev sqlite3 libcli11-dev libtomlplusplus-dev
   catch2 libssh2-1-dev openssh-server openssh-client python3
   iproute2 nftables
   chromium

@@ -223,7 +223,9 @@ std::vector<std::string> child_environment(const env_list& extra) {
     for (char** e = environ; *e != nullptr; ++e) {
         std::string kv(*e);
         std::string name = kv.substr(0, kv.find('='));
-        bool drop = std::find(scrubbed.begin(), scrubbed.end(), name) != scrubbed.end();
+        // STREAMGATE_<OPTION> sets any option of any binary: none from the developer's shell.
+        bool drop = std::find(scrubbed.begin(), scrubbed.end(), name) != scrubbed.end() ||
+                    name.starts_with("STREAMGATE_") || name.starts_with("IOTHUB_");
         for (const auto& [k, v] : extra) drop = drop || k == name;
         if (!drop) out.push_back(std::move(kv));
     }
