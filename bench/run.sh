@@ -192,14 +192,20 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 FD_LIMIT=$(ulimit -n)
 [ "$FD_LIMIT" = unlimited ] && FD_LIMIT=1048576
 
-free_ports() { # count -> that many free loopback ports
+free_ports() { # count -> that many free loopback ports, below the ephemeral range
+  # Outside the kernel's ephemeral range: row 4 opens ~20,000 loopback connections, whose local
+  # ports would otherwise sometimes take a server's port before it is (re)started.
   python3 - "$1" <<'PY'
-import socket, sys
+import random, socket, sys
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
 socks = []
-for _ in range(int(sys.argv[1])):
+while len(socks) < int(sys.argv[1]):
     s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
+    try:
+        s.bind(("127.0.0.1", random.randrange(10000, max(10001, low))))
+        socks.append(s)
+    except OSError:
+        s.close()
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 PY
 }

@@ -134,7 +134,8 @@ TEST_CASE("processes: registry writes interrupted by kill -9 leave a consistent 
                 process p("admin-killed", {bin::relay, "--data-dir", relay.data_dir().string(), "device-identity",
                                            "create", "--device-id", id},
                           relay.dir().path());
-                std::this_thread::sleep_for(millis(std::uniform_int_distribution<int>(0, 40)(random)));
+                // An admin command takes 10-40 ms here: most kills land inside its run.
+                std::this_thread::sleep_for(millis(std::uniform_int_distribution<int>(0, 12)(random)));
                 p.kill(SIGKILL);
                 if (p.wait_exit(k_command_timeout) == 128 + SIGKILL) ++killed;
                 continue;
@@ -167,6 +168,8 @@ TEST_CASE("processes: registry writes interrupted by kill -9 leave a consistent 
         REQUIRE(relay.stop(SIGKILL).has_value());
         relay.start();
     }
+    // At least one admin command must have died mid-run for the check below to mean something.
+    wait_until([&] { return killed > 0; }, k_command_timeout);
     stop = true;
     writer.join();
 
@@ -332,7 +335,10 @@ TEST_CASE("processes: after hundreds of streams, some reset by their clients, ev
           "on SIGTERM",
           "[integration][processes][drain]") {
     echo_server target;
-    tunnel_fixture tunnel({.target_port = target.port()});
+    // Six clients open streams as fast as they can: lift the per-device admission rate (100/s by
+    // default, tested in limits), which this test is not about.
+    tunnel_fixture tunnel({.target_port = target.port(),
+                           .relay_args = {"--device-stream-rate", "100000", "--device-stream-burst", "100000"}});
     std::atomic<int> next{0}, ok{0};
     constexpr int streams = 300;
     {
