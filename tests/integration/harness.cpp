@@ -78,6 +78,14 @@ bool wait_until(const std::function<bool()>& pred, millis timeout, millis poll) 
     }
 }
 
+std::vector<double> reconnect_delays(const std::string& log) {
+    static const std::regex line(R"(reconnecting in ([0-9]+(?:\.[0-9]+)?)s)");
+    std::vector<double> out;
+    for (auto it = std::sregex_iterator(log.begin(), log.end(), line); it != std::sregex_iterator(); ++it)
+        out.push_back(std::stod((*it)[1]));
+    return out;
+}
+
 bool contains(const std::string& haystack, const std::string& needle) {
     return haystack.find(needle) != std::string::npos;
 }

@@ -67,6 +67,8 @@ bool current_test_failed();
 bool wait_until(const std::function<bool()>& pred, millis timeout, millis poll = 20ms);
 
 bool contains(const std::string& haystack, const std::string& needle);
+// The delays of a device proxy's "reconnecting in X.Xs" log lines, in order.
+std::vector<double> reconnect_delays(const std::string& log);
 // Number of (non-overlapping) occurrences of `needle` in `haystack`.
 std::size_t count_of(const std::string& haystack, const std::string& needle);
 std::string trim(std::string s);

@@ -62,13 +62,6 @@ private:
     std::unique_ptr<process> proc_;
 };
 
-std::vector<double> reconnect_delays(const std::string& log) {
-    static const std::regex line(R"(reconnecting in ([0-9]+(?:\.[0-9]+)?)s)");
-    std::vector<double> out;
-    for (auto it = std::sregex_iterator(log.begin(), log.end(), line); it != std::sregex_iterator(); ++it)
-        out.push_back(std::stod((*it)[1]));
-    return out;
-}
 
 // The relay's host name in a connection string, without the port ("127.0.0.1", "localhost").
 std::string relay_host_of(const std::string& connection_string) {

@@ -27,14 +27,6 @@ struct resume_on_exit {
     ~resume_on_exit() { p.kill(SIGCONT); }
 };
 
-// The delays of the "reconnecting in X.Xs" lines, in order.
-std::vector<double> reconnect_delays(const std::string& log) {
-    static const std::regex line(R"(reconnecting in ([0-9]+(?:\.[0-9]+)?)s)");
-    std::vector<double> out;
-    for (auto it = std::sregex_iterator(log.begin(), log.end(), line); it != std::sregex_iterator(); ++it)
-        out.push_back(std::stod((*it)[1]));
-    return out;
-}
 
 }  // namespace
 
