@@ -4,6 +4,7 @@
 #include <iostream>
 #include "common/liveness.hpp"
 #include "device-proxy/device_proxy.hpp"
+#include "streamgate/version.hpp"
 
 int main(int argc, char** argv)
 {
@@ -34,7 +35,7 @@ int main(int argc, char** argv)
                    "Seconds of silence before the relay is pinged; dead after two intervals")->capture_default_str();
     app.add_option("--drain-timeout", drain, "Seconds live streams get to finish on SIGTERM")->capture_default_str();
     app.add_flag("-v,--verbose", o.verbose, "Debug logging");
-    app.set_version_flag("--version", "streamgate-device-proxy 0.1.0");
+    app.set_version_flag("--version", std::string("streamgate-device-proxy ") + sg::version);
     CLI11_PARSE(app, argc, argv);
 
     try {

@@ -5,6 +5,7 @@
 #include "common/liveness.hpp"
 #include "relay/admin.hpp"
 #include "relay/relay.hpp"
+#include "streamgate/version.hpp"
 
 int main(int argc, char** argv)
 {
@@ -60,7 +61,7 @@ int main(int argc, char** argv)
     app.add_option("--ping-interval", ping_interval,
                    "Seconds of silence before a WebSocket peer is pinged; dead after two intervals")->capture_default_str();
     app.add_flag("-v,--verbose", options.verbose, "Debug logging");
-    app.set_version_flag("--version", "streamgate-relay 0.1.0");
+    app.set_version_flag("--version", std::string("streamgate-relay ") + sg::version);
     app.require_subcommand(0, 1);
 
     int admin_result = 0;

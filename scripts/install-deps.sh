@@ -11,6 +11,7 @@ packages=(
   catch2 libssh2-1-dev openssh-server openssh-client python3
   iproute2 nftables
   clang libclang-rt-14-dev
+  dpkg-dev file systemd
 )
 missing=()
 for p in "${packages[@]}"; do

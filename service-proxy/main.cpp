@@ -5,6 +5,7 @@
 #include "common/liveness.hpp"
 #include "common/device_id.hpp"
 #include "service-proxy/service_proxy.hpp"
+#include "streamgate/version.hpp"
 
 namespace {
 std::string env_or(const std::string& value, const char* name)
@@ -45,7 +46,7 @@ int main(int argc, char** argv)
                    "Seconds of silence before the relay is pinged; dead after two intervals")->capture_default_str();
     app.add_option("--drain-timeout", drain, "Seconds live streams get to finish on SIGTERM")->capture_default_str();
     app.add_flag("-v,--verbose", o.verbose, "Debug logging");
-    app.set_version_flag("--version", "streamgate-service-proxy 0.1.0");
+    app.set_version_flag("--version", std::string("streamgate-service-proxy ") + sg::version);
     CLI11_PARSE(app, argc, argv);
 
     try {
