@@ -7,14 +7,15 @@
 #      with the host's ccache mounted at /ccache;
 #   3. relay, device (device proxy + sshd) and service proxy in three containers sharing one
 #      network namespace made here (loopback only), then ssh through them (smoke);
-#   4. the integration tests inside a container (its own loopback-only namespace).
+#   4. the integration tests inside a container (its own loopback-only namespace; with
+#      CAP_SYS_ADMIN and CAP_NET_ADMIN so the firewall test can make its own namespaces).
 # Usage: scripts/container-check.sh [--rebuild-bases] [--tests CTEST_ARGS] [--keep]
-#   --tests '-R integration -E firewall' is the default; '--tests none' skips step 4.
+#   --tests '-R integration' is the default; '--tests none' skips step 4.
 # Needs root. Installs podman, runc and mmdebstrap if missing. Not part of CI (minutes, heavy).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=${SG_CONTAINER_WORK:-/var/tmp/sg-container}
-rebuild_bases=0 keep=0 tests="-R integration -E firewall"
+rebuild_bases=0 keep=0 tests="-R integration"
 while [ $# -gt 0 ]; do
     case "$1" in
         --rebuild-bases) rebuild_bases=1 ;;
@@ -110,7 +111,7 @@ step "relay, device, service proxy in netns $netns"
 run_in_ns "${names[0]}" localhost/streamgate-runtime:dev relay
 run_in_ns "${names[1]}" localhost/streamgate-device:dev device
 run_in_ns "${names[2]}" localhost/streamgate-runtime:dev service
-podman ps --filter "name=-$$" --format '{{.Names}} {{.Image}} {{.Status}} user={{.Command}}'
+podman ps --filter "name=-$$" --format '{{.Names}} {{.Image}} {{.Status}} role={{.Command}}'
 for n in "${names[@]}"; do
     echo "-- $n runs as: $(podman exec "$n" id -un)"
 done
@@ -130,6 +131,6 @@ podman logs "${names[0]}" 2>&1 | tail -5
 
 if [ "$tests" != none ]; then
     step "integration tests in a container: ctest $tests"
-    podman run --rm -e SG_TEST_ARGS="$tests" localhost/streamgate-build:dev
+    podman run --rm --cap-add SYS_ADMIN,NET_ADMIN -e SG_TEST_ARGS="$tests" localhost/streamgate-build:dev
 fi
 step "container-check: OK"

@@ -12,7 +12,7 @@ role=${1:-relay}
 [ $# -gt 0 ] && shift
 shared=${SG_SHARED:-/shared}
 device_id=${SG_DEVICE_ID:-demo-device}
-relay_host=${SG_RELAY_HOST:-relay}
+relay_host=${SG_RELAY_HOST:-relay:8443}   # host[:port] devices and services dial
 service_host=${SG_SERVICE_HOST:-service-proxy}
 service_port=${SG_SERVICE_PORT:-2022}
 
@@ -74,18 +74,19 @@ service)
     wait_for_file "$shared/service.cs" 60
     wait_for_file "$shared/ca.pem" 60
     IOTHUB_CONNECTION_STRING=$(cat "$shared/service.cs")
-    export IOTHUB_CONNECTION_STRING
-    exec streamgate-service-proxy --ca-file "$shared/ca.pem" --bind 0.0.0.0 --stream-name ssh "$@" \
-        "$device_id" "$service_port"
+    STREAMING_TARGET_DEVICE=$device_id
+    PROXY_PORT=$service_port
+    export IOTHUB_CONNECTION_STRING STREAMING_TARGET_DEVICE PROXY_PORT
+    exec streamgate-service-proxy --ca-file "$shared/ca.pem" --bind 0.0.0.0 --stream-name ssh "$@"
     ;;
 smoke)
     wait_for_file "$shared/demo_client_key" 60
     key=$(mktemp) && cp "$shared/demo_client_key" "$key" && chmod 600 "$key"
     ssh_opts="-i $key -p $service_port -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o ConnectTimeout=10 -o LogLevel=ERROR"
-    # The proxies connect on their own schedule: retry the first login for up to 60 s.
+    # The device proxy reconnects with backoff (up to ~30 s): retry the first login for 120 s.
     i=0
-    until out=$(ssh $ssh_opts "device@$service_host" 'echo "hello from $(hostname) as $(id -un)"'); do
-        i=$((i + 1)); [ "$i" -le 60 ] || { echo "smoke: ssh never succeeded" >&2; exit 1; }
+    until out=$(ssh $ssh_opts "device@$service_host" 'echo "hello from $(hostname) as $(id -un)"' 2>/dev/null); do
+        i=$((i + 1)); [ "$i" -le 120 ] || { echo "smoke: ssh never succeeded" >&2; exit 1; }
         sleep 1
     done
     echo "smoke: $out"
