@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Makes the local base images the Dockerfile builds FROM when Docker Hub is out of reach:
 #   deploy/container/base-image.sh build   -> localhost/streamgate-base-build:bookworm
-#       Debian 12 minbase + every package scripts/install-deps.sh lists (minus the fuzzing
-#       toolchain) + dpkg-dev/file for CPack, so the build stage needs no network at all.
+#       Debian 12 minbase + every package scripts/install-deps.sh lists, so the build stage's
+#       install-deps.sh finds nothing missing and needs no network at all.
 #   deploy/container/base-image.sh runtime PKG...  -> localhost/streamgate-base-runtime:bookworm
 #       Debian 12 minbase + only the given packages (the .deb's Depends), nothing to compile with.
 #   deploy/container/base-image.sh device PKG...   -> localhost/streamgate-base-device:bookworm
@@ -29,8 +29,8 @@ install_deps_packages() {
 
 case "$kind" in
   build)
-    mapfile -t pkgs < <(install_deps_packages | grep -v -E '^(clang|libclang-rt-.*)$')
-    pkgs+=(dpkg-dev file ca-certificates)
+    mapfile -t pkgs < <(install_deps_packages)
+    pkgs+=(ca-certificates)
     image=localhost/streamgate-base-build:bookworm ;;
   runtime|device)
     pkgs=("$@" ca-certificates)
