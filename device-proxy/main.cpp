@@ -8,6 +8,7 @@
 #include "common/log.hpp"
 #include "common/proxy_cli.hpp"
 #include "device-proxy/device_proxy.hpp"
+#include "streamgate/version.hpp"
 
 int main(int argc, char** argv)
 {
@@ -54,7 +55,7 @@ int main(int argc, char** argv)
     sg::add_proxy_options(app, proxy);
     app.add_option("--metrics-listen", o.metrics_listen, "Plain-HTTP ADDR:PORT for /metrics and /healthz (default: off)");
     app.add_flag("-v,--verbose", o.verbose, "Debug logging");
-    sg::cli::add_common_options(app, "streamgate-device-proxy 0.1.0");
+    sg::cli::add_common_options(app, std::string("streamgate-device-proxy ") + sg::version);
     sg::cli::add_default_env_names(app);
     if (int code = sg::cli::parse(app, argc, argv); code >= 0)
         return code;

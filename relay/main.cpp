@@ -7,6 +7,7 @@
 #include "common/log.hpp"
 #include "relay/admin.hpp"
 #include "relay/relay.hpp"
+#include "streamgate/version.hpp"
 
 int main(int argc, char** argv)
 {
@@ -68,7 +69,7 @@ int main(int argc, char** argv)
     auto* admin_listen = app.add_option("--admin-listen", options.admin_listen,
         "Plain-HTTP admin listener ADDR:PORT for /metrics, /healthz, /readyz and the status page (\"off\" = none)")->capture_default_str();
     app.add_flag("-v,--verbose", options.verbose, "Debug logging");
-    sg::cli::add_common_options(app, "streamgate-relay 0.1.0");
+    sg::cli::add_common_options(app, std::string("streamgate-relay ") + sg::version);
     sg::cli::add_default_env_names(app);
     app.require_subcommand(0, 1);
 

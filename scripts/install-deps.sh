@@ -14,6 +14,7 @@ packages=(
   clang libclang-rt-14-dev
   tinyproxy                          # integration: the HTTP proxy of test_http_proxy
   xrdp freerdp2-x11 xvfb xauth       # integration: RDP through a tunnel (test_rdp)
+  dpkg-dev file systemd              # package-check: dpkg-shlibdeps for CPack, systemd-analyze verify
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -9,6 +9,7 @@
 #include "common/proxy_cli.hpp"
 #include "common/device_id.hpp"
 #include "service-proxy/service_proxy.hpp"
+#include "streamgate/version.hpp"
 
 int main(int argc, char** argv)
 {
@@ -47,7 +48,7 @@ int main(int argc, char** argv)
     sg::proxy_cli proxy;
     sg::add_proxy_options(app, proxy);
     app.add_flag("-v,--verbose", o.verbose, "Debug logging");
-    sg::cli::add_common_options(app, "streamgate-service-proxy 0.1.0");
+    sg::cli::add_common_options(app, std::string("streamgate-service-proxy ") + sg::version);
     sg::cli::add_default_env_names(app);
     if (int code = sg::cli::parse(app, argc, argv); code >= 0)
         return code;

@@ -1,0 +1,106 @@
+#!/bin/sh
+# Entry point of the streamgate images. One role per container:
+#   relay    first run: creates device $SG_DEVICE_ID, writes the device and service connection
+#            strings and the relay's CA to $SG_SHARED, then runs the relay (extra args appended)
+#   device   sshd (non-root, 127.0.0.1:2222) + the device proxy serving stream "ssh" from it
+#   service  the service proxy: port $SG_SERVICE_PORT opens a stream "ssh" to $SG_DEVICE_ID
+#   smoke    ssh through the service proxy: runs a command and moves 4 MiB each way, checksummed
+# The connection strings travel through $SG_SHARED (a volume) and the environment, never argv.
+# The demo client key the device authorizes is for this demo and the checks only.
+set -eu
+role=${1:-relay}
+[ $# -gt 0 ] && shift
+shared=${SG_SHARED:-/shared}
+device_id=${SG_DEVICE_ID:-demo-device}
+relay_host=${SG_RELAY_HOST:-relay:8443}   # host[:port] devices and services dial
+service_host=${SG_SERVICE_HOST:-service-proxy}
+service_port=${SG_SERVICE_PORT:-2022}
+
+wait_for_file() { # path seconds
+    i=0
+    while [ ! -s "$1" ]; do
+        i=$((i + 1))
+        [ "$i" -le $(($2 * 10)) ] || { echo "streamgate-entrypoint: $1 did not appear within $2 s" >&2; exit 1; }
+        sleep 0.1
+    done
+}
+
+case "$role" in
+relay)
+    data=/var/lib/streamgate
+    admin() { streamgate-relay --data-dir "$data" --host-name "$relay_host" "$@"; }
+    admin device-identity show --device-id "$device_id" >/dev/null 2>&1 ||
+        admin device-identity create --device-id "$device_id" >/dev/null
+    umask 022
+    admin device-identity show-connection-string --device-id "$device_id" > "$shared/.device.cs"
+    admin show-connection-string --policy-name service > "$shared/.service.cs"
+    cp "$data/ca.pem" "$shared/ca.pem"
+    mv "$shared/.device.cs" "$shared/device.cs"
+    mv "$shared/.service.cs" "$shared/service.cs"
+    exec streamgate-relay --data-dir "$data" --host-name "$relay_host" --listen 0.0.0.0:8443 "$@"
+    ;;
+device)
+    wait_for_file "$shared/device.cs" 60
+    wait_for_file "$shared/ca.pem" 60
+    ssh_dir=$HOME/sshd
+    mkdir -p "$ssh_dir"
+    [ -f "$ssh_dir/host_key" ] || ssh-keygen -q -t ed25519 -N '' -C device-host -f "$ssh_dir/host_key"
+    if [ ! -f "$shared/demo_client_key" ]; then
+        ssh-keygen -q -t ed25519 -N '' -C demo-client -f "$ssh_dir/demo_client_key"
+        cp "$ssh_dir/demo_client_key.pub" "$shared/demo_client_key.pub"
+        cp "$ssh_dir/demo_client_key" "$shared/.demo_client_key" && mv "$shared/.demo_client_key" "$shared/demo_client_key"
+    fi
+    cp "$shared/demo_client_key.pub" "$ssh_dir/authorized_keys"
+    cat > "$ssh_dir/sshd_config" <<CONF
+ListenAddress 127.0.0.1
+Port 2222
+HostKey $ssh_dir/host_key
+AuthorizedKeysFile $ssh_dir/authorized_keys
+PidFile $ssh_dir/sshd.pid
+UsePAM no
+StrictModes no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+UseDNS no
+PrintMotd no
+CONF
+    /usr/sbin/sshd -D -e -f "$ssh_dir/sshd_config" &
+    IOTHUB_DEVICE_CONN_STRING=$(cat "$shared/device.cs")
+    export IOTHUB_DEVICE_CONN_STRING
+    exec streamgate-device-proxy --ca-file "$shared/ca.pem" --service ssh=127.0.0.1:2222 "$@"
+    ;;
+service)
+    wait_for_file "$shared/service.cs" 60
+    wait_for_file "$shared/ca.pem" 60
+    IOTHUB_CONNECTION_STRING=$(cat "$shared/service.cs")
+    STREAMING_TARGET_DEVICE=$device_id
+    PROXY_PORT=$service_port
+    export IOTHUB_CONNECTION_STRING STREAMING_TARGET_DEVICE PROXY_PORT
+    exec streamgate-service-proxy --ca-file "$shared/ca.pem" --bind 0.0.0.0 --stream-name ssh "$@"
+    ;;
+smoke)
+    wait_for_file "$shared/demo_client_key" 60
+    key=$(mktemp) && cp "$shared/demo_client_key" "$key" && chmod 600 "$key"
+    ssh_opts="-i $key -p $service_port -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o ConnectTimeout=10 -o LogLevel=ERROR"
+    # The device proxy reconnects with backoff (up to ~30 s): retry the first login for 120 s.
+    i=0
+    until out=$(ssh $ssh_opts "device@$service_host" 'echo "hello from $(hostname) as $(id -un)"' 2>/dev/null); do
+        i=$((i + 1)); [ "$i" -le 120 ] || { echo "smoke: ssh never succeeded" >&2; exit 1; }
+        sleep 1
+    done
+    echo "smoke: $out"
+    head -c 4194304 /dev/urandom > /tmp/up
+    up=$(sha256sum < /tmp/up | cut -d' ' -f1)
+    remote=$(ssh $ssh_opts "device@$service_host" 'sha256sum | cut -d" " -f1' < /tmp/up)
+    down=$(ssh $ssh_opts "device@$service_host" 'head -c 4194304 /dev/zero' | sha256sum | cut -d' ' -f1)
+    zero=$(head -c 4194304 /dev/zero | sha256sum | cut -d' ' -f1)
+    [ "$up" = "$remote" ] || { echo "smoke: upload checksum mismatch" >&2; exit 1; }
+    [ "$down" = "$zero" ] || { echo "smoke: download checksum mismatch" >&2; exit 1; }
+    echo "smoke: 4 MiB up and 4 MiB down through relay + proxies, checksums match"
+    ;;
+*)
+    echo "usage: streamgate-entrypoint relay|device|service|smoke [ARGS...]" >&2
+    exit 2
+    ;;
+esac
