@@ -2,10 +2,12 @@
 include(GNUInstallDirs)
 
 install(FILES README.md docs/ARCHITECTURE.md docs/PROTOCOL.md docs/SECURITY.md docs/PACKAGING.md
-              docs/CONTAINERS.md
+              docs/CONTAINERS.md docs/CONFIGURATION.md docs/OPERATIONS.md
         DESTINATION ${CMAKE_INSTALL_DOCDIR})
 install(FILES examples/README.md DESTINATION ${CMAKE_INSTALL_DOCDIR} RENAME README.examples.md)
 install(FILES deploy/systemd/streamgate-relay.env deploy/systemd/streamgate-device-proxy.env
+              deploy/config/relay.toml deploy/config/device-proxy.toml deploy/config/service-proxy.toml
+              deploy/grafana/streamgate-dashboard.json
         DESTINATION ${CMAKE_INSTALL_DOCDIR}/examples)
 
 # Units and /etc files follow the prefix: with --prefix /usr (the package) they go to
