@@ -146,7 +146,6 @@ create_stream(ssl::context& tls, const connection_string& service, stream_reques
     req.set("iothub-streaming-connect-timeout-in-seconds", std::to_string(request.connect_timeout.count()));
     req.set("iothub-streaming-response-timeout-in-seconds", std::to_string(request.response_timeout.count()));
     req.content_length(0);
-    req.keep_alive(false);
 
     beast::get_lowest_layer(*stream).expires_after(total);
     auto [wec, wn] = co_await http::async_write(*stream, req, use_nothrow);
@@ -160,10 +159,17 @@ create_stream(ssl::context& tls, const connection_string& service, stream_reques
     if (rec)
         co_return std::pair{local_failure("no answer from the relay: " + rec.message()), response};
     auto& res = parser.get();
-    // No TLS close_notify exchange: the request said "Connection: close", the relay ends the
-    // connection, and waiting for that here would delay the stream by a round trip.
-    error_code ignored;
-    beast::get_lowest_layer(*stream).socket().shutdown(tcp::socket::shutdown_both, ignored);
+    bool accepted = res.result() == http::status::ok && res["iothub-streaming-is-accepted"] == "True";
+    if (accepted && res.keep_alive() && buffer.size() == 0) {
+        response.connection = stream;
+        response.connection_host = service.host();
+        response.connection_port = service.port();
+    } else {
+        // No TLS close_notify exchange: waiting for the relay's would delay the caller by a
+        // round trip, and the response was complete.
+        error_code ignored;
+        beast::get_lowest_layer(*stream).socket().shutdown(tcp::socket::shutdown_both, ignored);
+    }
 
     if (res.result() != http::status::ok)
         co_return std::pair{protocol::parse_error_body(res.body(), res.result_int()), response};
@@ -183,31 +189,61 @@ create_stream(ssl::context& tls, const connection_string& service, stream_reques
     co_return std::pair{failure{}, response};
 }
 
+namespace {
+
+// The WebSocket handshake of a join, over a TLS connection to where.host:where.port.
 asio::awaitable<std::pair<failure, std::shared_ptr<wss_stream>>>
-connect_stream(ssl::context& tls, std::string url, std::string authorization_token)
+join_stream(const std::shared_ptr<tls_stream>& stream, const wss_url& where, const std::string& authorization_token)
 {
-    auto parsed = parse_wss_url(url);
-    if (!parsed)
-        co_return std::pair{local_failure("the relay answered an invalid streaming URL"), nullptr};
-    auto connected = co_await connect_tls(tls, parsed->host, parsed->port, std::chrono::seconds(30));
-    auto& cf = std::get<0>(connected);
-    auto& stream = std::get<1>(connected);
-    if (cf)
-        co_return std::pair{cf, nullptr};
     auto ws = std::make_shared<wss_stream>(std::move(*stream));
     configure_stream_websocket(*ws, beast::role_type::client);
-    ws->set_option(websocket::stream_base::decorator([token = std::move(authorization_token)](websocket::request_type& req) {
+    ws->set_option(websocket::stream_base::decorator([token = authorization_token](websocket::request_type& req) {
         req.set(http::field::authorization, "Bearer " + token);
         req.set(http::field::user_agent, "streamgate/0.1");
     }));
     websocket::response_type res;
-    auto [ec] = co_await ws->async_handshake(res, host_header(parsed->host, parsed->port), parsed->target, use_nothrow);
+    auto [ec] = co_await ws->async_handshake(res, host_header(where.host, where.port), where.target, use_nothrow);
     if (ec) {
         if (res.result_int() != 0 && res.result() != http::status::switching_protocols)
             co_return std::pair{protocol::parse_error_body(res.body(), res.result_int()), nullptr};
         co_return std::pair{local_failure("cannot join the stream: " + ec.message()), nullptr};
     }
     co_return std::pair{failure{}, ws};
+}
+
+} // namespace
+
+asio::awaitable<std::pair<failure, std::shared_ptr<wss_stream>>>
+connect_stream(ssl::context& tls, std::string url, std::string authorization_token)
+{
+    stream_response response;
+    response.url = std::move(url);
+    response.authorization_token = std::move(authorization_token);
+    auto joined = co_await connect_stream(tls, response);
+    co_return joined;
+}
+
+asio::awaitable<std::pair<failure, std::shared_ptr<wss_stream>>>
+connect_stream(ssl::context& tls, stream_response& response)
+{
+    auto parsed = parse_wss_url(response.url);
+    std::shared_ptr<tls_stream> stream = std::move(response.connection);
+    if (stream && (!parsed || parsed->host != response.connection_host || parsed->port != response.connection_port)) {
+        error_code ignored;
+        beast::get_lowest_layer(*stream).socket().shutdown(tcp::socket::shutdown_both, ignored);
+        stream.reset();
+    }
+    if (!parsed)
+        co_return std::pair{local_failure("the relay answered an invalid streaming URL"), nullptr};
+    if (!stream) {
+        auto connected = co_await connect_tls(tls, parsed->host, parsed->port, std::chrono::seconds(30));
+        auto& cf = std::get<0>(connected);
+        if (cf)
+            co_return std::pair{cf, nullptr};
+        stream = std::get<1>(connected);
+    }
+    auto joined = co_await join_stream(stream, *parsed, response.authorization_token);
+    co_return joined;
 }
 
 } // namespace sg::client

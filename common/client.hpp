@@ -31,6 +31,12 @@ struct stream_response {
     std::string url;                 // wss://host/bridges/{hub}/{device}/{streamId}
     std::string authorization_token; // single use, for this side only
     std::string reason;              // the device's reason when it rejected
+    // The POST's connection, kept open when the stream was accepted: connect_stream(tls, response)
+    // joins through it when the streaming URL names the same host and port (one TCP and TLS
+    // handshake less per stream, one CONNECT less through a proxy).
+    std::shared_ptr<tls_stream> connection;
+    std::string connection_host;
+    std::uint16_t connection_port = 0;
 };
 
 // The HTTP proxy every connection to the relay goes through (HTTP CONNECT), unless NO_PROXY says
@@ -52,6 +58,9 @@ create_stream(asio::ssl::context& tls, const connection_string& service, stream_
 // Joins a streaming endpoint; the stream is configured for raw bytes (pump with ws_end).
 asio::awaitable<std::pair<failure, std::shared_ptr<wss_stream>>>
 connect_stream(asio::ssl::context& tls, std::string url, std::string authorization_token);
+// The service side's join: through response.connection when it can (it is taken), else anew.
+asio::awaitable<std::pair<failure, std::shared_ptr<wss_stream>>>
+connect_stream(asio::ssl::context& tls, stream_response& response);
 
 struct incoming_stream_request {
     std::string request_id;

@@ -32,7 +32,7 @@ asio::awaitable<int> run(std::shared_ptr<asio::ssl::context> tls, connection_str
         report_error("echo-service", message_text);
         co_return 1;
     }
-    auto joined = co_await client::connect_stream(*tls, response.url, response.authorization_token);
+    auto joined = co_await client::connect_stream(*tls, response);
     auto& jf = std::get<0>(joined);
     auto& ws = std::get<1>(joined);
     if (jf) {

@@ -88,7 +88,7 @@ asio::awaitable<std::pair<failure, std::shared_ptr<wss_stream>>> open_stream(std
     if (!response.accepted)
         co_return std::pair{failure{0, "device " + state->opts.device_id + " rejected the stream: " + response.reason},
                             nullptr};
-    auto joined = co_await client::connect_stream(*state->tls, response.url, response.authorization_token);
+    auto joined = co_await client::connect_stream(*state->tls, response);
     co_return joined;
 }
 

@@ -171,3 +171,22 @@ TEST_CASE("streams: the device proxy serves sequential streams and keeps running
     CHECK(target.connections_accepted() == 2);
     CHECK(tunnel.relay.device_connected(tunnel.device_id));
 }
+
+TEST_CASE("streams: the service proxy joins through its request's connection and clients resume TLS sessions",
+          "[integration][streams]") {
+    // Counted from the relay's debug line for each TLS handshake ("peer=… tls=… resumed=…").
+    echo_server target;
+    tunnel_fixture tunnel({.target_port = target.port(), .relay_args = {"--verbose"}});
+    constexpr int streams = 4;
+    for (int i = 0; i < streams; ++i) {
+        unique_fd stream = open_echo_stream(tunnel.local_port);
+    }
+    const std::string log = tunnel.relay.relay().stderr_text();
+    INFO(tail(log, 4000));
+    // Device proxy: its control connection, then one connection per stream; service proxy: one
+    // per stream, carrying the POST and then the WebSocket join (three per stream without reuse).
+    CHECK(count_of(log, " resumed=") == 1 + 2 * streams);
+    // Every handshake but each client's first resumes a session.
+    CHECK(count_of(log, " resumed=true") == 2 * streams - 1);
+    CHECK(count_of(log, "event=StreamEstablished") == streams);
+}
