@@ -22,7 +22,7 @@
 #   --rate-seconds S     duration of the streams/s measurement (default 10; quick 3)
 #   --backpressure-seconds S  (default 20; quick 5)
 #   --threads N          --threads for the relay (default: the relay's own default, one per core)
-#   --proxy-threads N    --threads for both proxies (default: theirs, one per core)
+#   --proxy-threads N    --threads for both proxies (default: theirs: one thread each)
 #   --default-limits     keep the relay's stream admission limits (by default the run lifts them,
 #                        where the relay has them, so they do not cap what is measured: one device
 #                        carries every stream here)
@@ -248,7 +248,10 @@ RELAY_ARGS=(--data-dir "$DATA" --listen "127.0.0.1:$RELAY_PORT")
 [ -n "$RELAY_THREADS" ] && RELAY_ARGS+=(--threads "$RELAY_THREADS")
 # Stream admission limits (per device: 1,000 concurrent and 100 new/s by default) are policy, not
 # capacity; this suite sends every stream to one device, so it lifts them where the relay has them.
-if [ "$DEFAULT_LIMITS" = 0 ] && "$RELAY" --help 2>/dev/null | grep -q -- '--max-streams-per-device'; then
+# Read whole before grep: `grep -q` closing the pipe early made --help die of SIGPIPE and, with
+# pipefail, the test fail now and then (the runs then kept the default limits).
+RELAY_HELP=$("$RELAY" --help 2>/dev/null || true)
+if [ "$DEFAULT_LIMITS" = 0 ] && grep -q -- '--max-streams-per-device' <<<"$RELAY_HELP"; then
   RELAY_ARGS+=(--max-streams 1000000 --max-streams-per-device 1000000 --stream-rate 1000000 --stream-burst 1000000
                --device-stream-rate 1000000 --device-stream-burst 1000000)
 fi

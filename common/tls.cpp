@@ -131,6 +131,8 @@ ssl::context make_server_tls_context(const std::filesystem::path& certificate_ch
 {
     ssl::context ctx(ssl::context::tls_server);
     harden(ctx, minimum);
+    // Clients keep only the newest session per relay: one TLS 1.3 ticket per handshake is enough.
+    SSL_CTX_set_num_tickets(ctx.native_handle(), 1);
     if (request_client_certificate) {
         // Accept any certificate here: the relay checks it against the device registry later,
         // and clients without one (SAS devices, services) must still get through.

@@ -29,7 +29,7 @@ struct options {
     std::chrono::seconds backoff_reset{60};   // a connection up this long starts the backoff again at 1 s
     std::string metrics_listen;               // ADDR:PORT for /metrics and /healthz; empty or "off" = none
     bool exit_on_auth_failure = false;
-    unsigned threads = 0;
+    unsigned threads = 1;                     // 0 = one per core (see --threads)
     bool verbose = false;
 };
 

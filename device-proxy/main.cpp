@@ -39,7 +39,9 @@ int main(int argc, char** argv)
     app.add_option("--stats-interval", stats, "Seconds between traffic statistics lines (0 = off)")->capture_default_str();
     app.add_flag("--exit-on-auth-failure", o.exit_on_auth_failure,
                  "Exit (code 3) when the relay refuses the credentials (default: keep retrying)");
-    app.add_option("--threads", o.threads, "I/O threads (0: one per core)")->capture_default_str();
+    app.add_option("--threads", o.threads, "I/O threads (0: one per core). One thread carries several Gbit/s and avoids hand-offs "
+                   "between threads, which made two threads cost 50 % more CPU per new stream; more help only "
+                   "with many busy streams at once")->capture_default_str();
     int ping_interval = 20, drain = 10;
     app.add_option("--ping-interval", ping_interval,
                    "Seconds of silence before the relay is pinged; dead after two intervals")->capture_default_str();

@@ -21,7 +21,7 @@ struct options {
     std::chrono::seconds connect_timeout{60};
     std::chrono::seconds response_timeout{60};
     std::chrono::seconds drain_timeout{10}; // SIGTERM: time live streams get to finish
-    unsigned threads = 0;
+    unsigned threads = 1; // 0 = one per core (see --threads)
     bool verbose = false;
 };
 
