@@ -32,7 +32,8 @@
 #   --keep-workdir       keep the temporary directory (logs of every process) after the run
 #   --time-limit S       stop everything after S seconds (default 2400; quick 600)
 #   --perf               sample the relay and both proxies with perf record while the tunnel carries the
-#                        bulk (row 1), the new streams (row 3) and the 100 active streams (row 4);
+#                        bulk (row 1), the round trips (row 2), the new streams (row 3) and the 100
+#                        active streams (row 4);
 #                        flat profiles land in profiles/ beside the --out file
 #   --heaptrack          run the relays of rows 4 and 5 under heaptrack; the peak allocations by call
 #                        site land in profiles/relay-heap-*.txt beside the --out file (RSS figures of that run
@@ -487,7 +488,9 @@ row2() {
   local path port result
   for path in direct reference tunnel; do
     case $path in direct) port=$ECHO_PORT ;; reference) port=$CHAIN_A ;; tunnel) port=$SP_PORT ;; esac
+    [ "$path" = tunnel ] && perf_start latency
     result=$(timeout 300 "$LATENCY" pingpong --port "$port" --count "$PINGPONGS" --size 64) || result='{"error":"failed"}'
+    [ "$path" = tunnel ] && perf_stop latency
     emit "latency.$path" "$result"
     log "  $path: $result"
   done
