@@ -206,6 +206,9 @@ asio::awaitable<void> serve_connection(std::shared_ptr<relay_state> state, tcp::
         route r = match_route(req.target());
         if (websocket::is_upgrade(req) && (r.kind == route_kind::device_control || r.kind == route_kind::bridge)) {
             tcp_layer.expires_never();
+            // The WebSocket has buffers of its own: this one would sit idle for the connection's life.
+            buffer.consume(buffer.size());
+            buffer.shrink_to_fit();
             if (r.kind == route_kind::device_control)
                 co_await serve_control(state, std::move(stream), std::move(req), std::move(r), peer);
             else
