@@ -36,6 +36,14 @@ std::string host_header(const std::string& host, std::uint16_t port)
     return port == 443 ? h : h + ":" + std::to_string(port);
 }
 
+// Ends a finished request's connection without the TLS close_notify exchange: waiting for the
+// relay's would delay the caller by a round trip, and the response was complete.
+void drop_connection(tls_stream& stream)
+{
+    error_code ignored;
+    beast::get_lowest_layer(stream).socket().shutdown(tcp::socket::shutdown_both, ignored);
+}
+
 struct wss_url {
     std::string host;
     std::uint16_t port = 443;
@@ -165,10 +173,7 @@ create_stream(ssl::context& tls, const connection_string& service, stream_reques
         response.connection_host = service.host();
         response.connection_port = service.port();
     } else {
-        // No TLS close_notify exchange: waiting for the relay's would delay the caller by a
-        // round trip, and the response was complete.
-        error_code ignored;
-        beast::get_lowest_layer(*stream).socket().shutdown(tcp::socket::shutdown_both, ignored);
+        drop_connection(*stream);
     }
 
     if (res.result() != http::status::ok)
@@ -229,8 +234,7 @@ connect_stream(ssl::context& tls, stream_response& response)
     auto parsed = parse_wss_url(response.url);
     std::shared_ptr<tls_stream> stream = std::move(response.connection);
     if (stream && (!parsed || parsed->host != response.connection_host || parsed->port != response.connection_port)) {
-        error_code ignored;
-        beast::get_lowest_layer(*stream).socket().shutdown(tcp::socket::shutdown_both, ignored);
+        drop_connection(*stream);
         stream.reset();
     }
     if (!parsed)

@@ -41,14 +41,24 @@ http::response<http::string_body> json_response(const request_type& req, http::s
     return res;
 }
 
+// One line per registry change, whoever made it; `at` when the entry comes from the audit trail.
+void log_registry_change(spdlog::logger& log, const audit_entry& e)
+{
+    if (e.time.empty())
+        log.info("event=RegistryChange source=\"{}\" op={} subject={} detail=\"{}\"", e.actor, e.action, e.subject,
+                 e.detail);
+    else
+        log.info("event=RegistryChange source=\"{}\" op={} subject={} detail=\"{}\" at={}", e.actor, e.action,
+                 e.subject, e.detail, e.time);
+}
+
 // REST changes are logged here and kept in the audit trail beside the admin commands' ones.
 void record_change(relay_state& state, const std::string& peer, const char* action, const std::string& device,
                    const std::string& detail)
 {
     audit_entry e{0, {}, "relay rest peer=" + peer, action, device, detail};
     state.reg->append_audit(e);
-    state.log->info("event=RegistryChange source=\"{}\" op={} subject={} detail=\"{}\"", e.actor, e.action, e.subject,
-                    e.detail);
+    log_registry_change(*state.log, e);
 }
 
 http::response<http::string_body> handle_device(relay_state& state, const request_type& req, const route& r,
@@ -281,8 +291,7 @@ asio::awaitable<void> housekeeping(std::shared_ptr<relay_state> state)
                 audited = e.id;
                 if (e.actor.starts_with("relay ")) // this relay's own REST changes, logged when made
                     continue;
-                state->log->info("event=RegistryChange source=\"{}\" op={} subject={} detail=\"{}\" at={}", e.actor, e.action,
-                                 e.subject, e.detail, e.time);
+                log_registry_change(*state->log, e);
             }
             state->revalidate_devices();
         }
