@@ -52,6 +52,21 @@ void audit(registry& reg, std::string action, std::string subject, std::string d
     reg.append_audit({0, {}, std::move(actor), std::move(action), std::move(subject), std::move(detail)});
 }
 
+// The Azure IoT SDKs' clients take HostName as a bare host and always dial 443: a HostName with
+// another port makes them fail (getaddrinfo ENOTFOUND). Said once, on stderr, so stdout stays the
+// connection string alone.
+void hint_if_not_443(const std::string& host)
+{
+    auto colon = host.rfind(':');
+    bool has_port = colon != std::string::npos && (host.front() != '[' || host.find("]:") != std::string::npos);
+    if (!has_port)
+        return;
+    std::cerr << "hint: HostName " << host << " names port " << host.substr(colon + 1)
+              << "; Azure IoT SDK clients always connect to 443 and fail on a HostName with a port. For them, run "
+                 "the relay with --listen 0.0.0.0:443, or behind a port-443 forwarder with --host-name NAME:443 "
+                 "(see README, \"Azure IoT SDK clients\")\n";
+}
+
 std::string device_connection_string(const std::string& host, const device_identity& d, const std::string& key_type)
 {
     connection_string cs;
@@ -209,6 +224,7 @@ void add_admin_commands(CLI::App& app, admin_options& o, int* result, bool* ran)
     device_cs->callback(run([&o] {
         return with_device(o, [&o](opened& db, device_identity& d) {
             std::cout << device_connection_string(db.host_name, d, o.key_type) << "\n";
+            hint_if_not_443(db.host_name);
             return 0;
         });
     }));
@@ -228,6 +244,7 @@ void add_admin_commands(CLI::App& app, admin_options& o, int* result, bool* ran)
         cs.shared_access_key_name = policy->name;
         cs.shared_access_key = o.key_type == "secondary" ? policy->secondary_key : policy->primary_key;
         std::cout << cs.to_string() << "\n";
+        hint_if_not_443(db.host_name);
         return 0;
     }));
 

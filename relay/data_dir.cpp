@@ -38,6 +38,14 @@ listen_address parse_listen_address(const std::string& text)
     return out;
 }
 
+// "relay.example.com:443" -> "relay.example.com"; any other name as it is.
+std::string without_port_443(const std::string& host)
+{
+    bool bracketed = !host.empty() && host.front() == '[';
+    bool has_port = bracketed ? host.find("]:") != std::string::npos : std::count(host.begin(), host.end(), ':') == 1;
+    return has_port && host.ends_with(":443") ? host.substr(0, host.size() - 4) : host;
+}
+
 std::string public_host_name(const std::string& explicit_name, const std::string& listen_host, std::uint16_t port)
 {
     std::string host = explicit_name;
@@ -45,11 +53,12 @@ std::string public_host_name(const std::string& explicit_name, const std::string
         listen_address l{listen_host, port};
         host = l.is_wildcard() ? "localhost" : listen_host;
     }
-    // A name given with its own port is kept as written.
+    // A name given with its own port is kept as written, but for 443: connection strings never name
+    // it (the Azure IoT SDKs take HostName as a bare host), e.g. behind a port-443 forwarder.
     bool bracketed = host.front() == '[';
     bool has_port = bracketed ? host.find("]:") != std::string::npos : std::count(host.begin(), host.end(), ':') == 1;
     if (has_port)
-        return host;
+        return without_port_443(host);
     if (!bracketed && host.find(':') != std::string::npos)
         host = "[" + host + "]";
     return port == 443 ? host : host + ":" + std::to_string(port);
@@ -68,7 +77,7 @@ std::unique_ptr<registry> open_registry(const std::filesystem::path& data_dir)
 std::string recorded_host_name(registry& reg, const std::string& explicit_name)
 {
     if (!explicit_name.empty())
-        return explicit_name;
+        return without_port_443(explicit_name);
     if (auto recorded = reg.get_setting("host_name"))
         return *recorded;
     return "localhost:8443";

@@ -7,20 +7,23 @@ namespace json = boost::json;
 
 json::object to_json(const device_identity& d)
 {
+    // IoT Hub's shapes: absent values are null, never "" (SDK models and scripts test for null).
+    auto or_null = [](const std::string& s) { return s.empty() ? json::value(nullptr) : json::value(s); };
     json::object auth{{"type", to_string(d.authentication)}};
-    auth["symmetricKey"] = json::object{{"primaryKey", d.primary_key}, {"secondaryKey", d.secondary_key}};
-    auth["x509Thumbprint"] = json::object{
-        {"primaryThumbprint", d.primary_thumbprint.empty() ? json::value(nullptr) : json::value(d.primary_thumbprint)},
-        {"secondaryThumbprint", d.secondary_thumbprint.empty() ? json::value(nullptr) : json::value(d.secondary_thumbprint)}};
+    auth["symmetricKey"] = json::object{{"primaryKey", or_null(d.primary_key)}, {"secondaryKey", or_null(d.secondary_key)}};
+    auth["x509Thumbprint"] = json::object{{"primaryThumbprint", or_null(d.primary_thumbprint)},
+                                          {"secondaryThumbprint", or_null(d.secondary_thumbprint)}};
     return json::object{{"deviceId", d.device_id},
                         {"generationId", d.generation_id},
                         {"etag", d.etag},
                         {"status", to_string(d.status)},
-                        {"statusReason", d.status_reason},
+                        {"statusReason", or_null(d.status_reason)},
                         {"statusUpdatedTime", d.status_updated_time},
                         {"connectionState", d.connected ? "Connected" : "Disconnected"},
                         {"connectionStateUpdatedTime", d.connection_state_updated_time},
                         {"lastActivityTime", d.last_activity_time},
+                        {"cloudToDeviceMessageCount", 0}, // Streamgate carries no cloud-to-device messages
+                        {"capabilities", json::object{{"iotEdge", false}}},
                         {"authentication", std::move(auth)}};
 }
 

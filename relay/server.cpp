@@ -5,6 +5,7 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/json.hpp>
+#include <optional>
 #include <thread>
 #include "common/crypto.hpp"
 #include "common/connection_string.hpp"
@@ -41,6 +42,58 @@ http::response<http::string_body> json_response(const request_type& req, http::s
     return res;
 }
 
+// The etag an If-Match header names: "etag", W/"etag" and a bare etag are the same one; "*" stays.
+std::string etag_of_if_match(std::string_view v)
+{
+    while (!v.empty() && (v.front() == ' ' || v.front() == '\t'))
+        v.remove_prefix(1);
+    while (!v.empty() && (v.back() == ' ' || v.back() == '\t'))
+        v.remove_suffix(1);
+    if (v.starts_with("W/"))
+        v.remove_prefix(2);
+    if (v.size() >= 2 && v.front() == '"' && v.back() == '"')
+        v = v.substr(1, v.size() - 2);
+    return std::string(v);
+}
+
+// A device with its etag also as the (quoted) ETag header, as IoT Hub sends it.
+http::response<http::string_body> device_response(const request_type& req, const device_identity& d)
+{
+    auto res = json_response(req, http::status::ok, to_json(d));
+    res.set(http::field::etag, "\"" + d.etag + "\"");
+    return res;
+}
+
+// GET /devices?top=N (IoT Hub's Get Devices): at most N devices, 1000 when absent and at most.
+constexpr std::size_t max_devices_per_list = 1000;
+std::optional<std::size_t> list_top(std::string_view target)
+{
+    auto q = target.find('?');
+    if (q == std::string_view::npos)
+        return max_devices_per_list;
+    std::string_view query = target.substr(q + 1);
+    while (!query.empty()) {
+        auto amp = query.find('&');
+        std::string_view pair = query.substr(0, amp);
+        query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
+        if (!pair.starts_with("top="))
+            continue;
+        std::string_view value = pair.substr(4);
+        std::size_t n = 0;
+        if (value.empty() || value.size() > 4)
+            return std::nullopt;
+        for (char c : value) {
+            if (c < '0' || c > '9')
+                return std::nullopt;
+            n = n * 10 + static_cast<std::size_t>(c - '0');
+        }
+        if (n < 1 || n > max_devices_per_list)
+            return std::nullopt;
+        return n;
+    }
+    return max_devices_per_list;
+}
+
 // One line per registry change, whoever made it; `at` when the entry comes from the audit trail.
 void log_registry_change(spdlog::logger& log, const audit_entry& e)
 {
@@ -75,15 +128,13 @@ http::response<http::string_body> handle_device(relay_state& state, const reques
         state.metrics.auth_failed(auth_endpoint::registry, f);
         return error_response(req, f.code, f.message);
     }
-    std::string if_match(req[http::field::if_match]);
-    if (if_match.size() >= 2 && if_match.front() == '"' && if_match.back() == '"')
-        if_match = if_match.substr(1, if_match.size() - 2);
+    const std::string if_match = etag_of_if_match(req[http::field::if_match]);
 
     if (req.method() == http::verb::get) {
         auto d = state.reg->find_device(r.device_id);
         if (!d)
             return error_response(req, codes::device_not_found, "device not found");
-        return json_response(req, http::status::ok, to_json(*d));
+        return device_response(req, *d);
     }
     if (req.method() == http::verb::delete_) {
         auto result = state.reg->delete_device(r.device_id, if_match);
@@ -106,14 +157,20 @@ http::response<http::string_body> handle_device(relay_state& state, const reques
     d.device_id = r.device_id;
     if (auto error = apply_json(d, body); !error.empty())
         return error_response(req, codes::bad_request, error);
+    // As IoT Hub: PUT without If-Match creates, and is 409 for a device that exists (provisioning
+    // scripts tell "created" from "already there" by it); an update sends If-Match: "*" or the etag.
+    const std::string already_exists = "device " + r.device_id +
+                                       " already exists (to update it, send If-Match: \"*\" or its etag)";
+    if (existing && if_match.empty())
+        return error_response(req, codes::already_exists, already_exists);
     if (!existing) {
-        if (!if_match.empty() && if_match != "*")
-            return error_response(req, codes::device_not_found, "device not found");
+        if (!if_match.empty())
+            return error_response(req, codes::device_not_found, "device not found (If-Match is for updates)");
         if (state.reg->create_device(d) == registry_result::already_exists)
-            return error_response(req, codes::already_exists, "device already exists");
+            return error_response(req, codes::already_exists, already_exists);
         record_change(state, peer, "device-create", r.device_id,
                       "auth=" + std::string(to_string(d.authentication)) + " status=" + std::string(to_string(d.status)));
-        return json_response(req, http::status::ok, to_json(d));
+        return device_response(req, d);
     }
     auto result = state.reg->update_device(d, if_match);
     if (result == registry_result::etag_mismatch)
@@ -122,7 +179,7 @@ http::response<http::string_body> handle_device(relay_state& state, const reques
         return error_response(req, codes::device_not_found, "device not found");
     record_change(state, peer, "device-update", r.device_id, "status=" + std::string(to_string(d.status)));
     state.revalidate_devices(r.device_id);
-    return json_response(req, http::status::ok, to_json(d));
+    return device_response(req, d);
 }
 
 asio::awaitable<http::response<http::string_body>> handle_rest(std::shared_ptr<relay_state> state, const request_type& req,
@@ -146,9 +203,16 @@ asio::awaitable<http::response<http::string_body>> handle_rest(std::shared_ptr<r
             state->metrics.auth_failed(auth_endpoint::registry, f);
             co_return error_response(req, f.code, f.message);
         }
+        auto top = list_top(req.target());
+        if (!top)
+            co_return error_response(req, codes::bad_request,
+                                     "top must be a whole number from 1 to " + std::to_string(max_devices_per_list));
         json::array list;
-        for (auto& d : state->reg->list_devices())
+        for (auto& d : state->reg->list_devices()) {
+            if (list.size() == *top)
+                break;
             list.push_back(to_json(d));
+        }
         co_return json_response(req, http::status::ok, list);
     }
     case route_kind::invalid:
@@ -169,6 +233,7 @@ http::response<http::string_body> error_response(const request_type& req, int co
 {
     http::response<http::string_body> res{static_cast<http::status>(http_status_of(code)), req.version()};
     res.set(http::field::content_type, "application/json; charset=utf-8");
+    res.set("iothub-errorcode", error_name(code)); // what IoT Hub's SDKs map their exceptions from
     res.keep_alive(req.keep_alive() && code / 1000 != 400);
     res.body() = protocol::error_body(code, message);
     res.prepare_payload();

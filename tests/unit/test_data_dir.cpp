@@ -143,7 +143,9 @@ TEST_CASE("data_dir: public_host_name keeps an explicit name", "[data_dir]")
     CHECK(public_host_name("relay.example.com", "127.0.0.1", 8443) == "relay.example.com:8443");
     // With its own port it is kept exactly as written (e.g. behind a port-forward).
     CHECK(public_host_name("relay.example.com:9443", "0.0.0.0", 8443) == "relay.example.com:9443");
-    CHECK(public_host_name("relay.example.com:443", "0.0.0.0", 8443) == "relay.example.com:443");
+    // Behind a port-443 forwarder: the connection strings name no port (SDK clients need that).
+    CHECK(public_host_name("relay.example.com:443", "0.0.0.0", 8443) == "relay.example.com");
+    CHECK(public_host_name("[2001:db8::1]:443", "0.0.0.0", 8443) == "[2001:db8::1]");
     CHECK(public_host_name("[2001:db8::1]:9443", "0.0.0.0", 8443) == "[2001:db8::1]:9443");
 }
 
