@@ -191,6 +191,14 @@ def build(records, meta):
                 shown=fmt(rate["streams_per_s"], 0))
         t.add("3", "setup under that load p50 / p99 ms",
               f"{fmt(rate['setup_p50_us'] / 1000)} / {fmt(rate['setup_p99_us'] / 1000)}")
+    user = (records.get("setup.user_view") or [None])[-1]
+    if user and "setup_p50_us" in user:
+        p50 = user["setup_p50_us"] / 1000
+        summary["setup_user_view_p50_ms"] = p50
+        t.check("3", f"as a user's clients see it: {user['clients']} clients, {user['streams']} connections "
+                     f"({user['failures']} failed), connect->first echoed byte p50 ms", p50, p50 <= 2, "<= 2 ms (goal)")
+        t.add("3", "  its p99 ms / streams per s",
+              f"{fmt(user['setup_p99_us'] / 1000)} / {fmt(user['streams_per_s'], 0)} (goal >= 800)")
     cpu_line(t, records, "3", "setup-rate", "new streams")
     cores = cores_used(records, "setup-rate")
     if rate and cores and rate.get("streams_per_s"):

@@ -521,6 +521,11 @@ row3() {
   perf_stop setup-rate
   emit setup.rate "$result"
   log "  rate: $result"
+  # Issue 13's measure, as a user's clients see it: 8 clients, 600 connections in all, each TCP
+  # connect to the service proxy -> first byte echoed by the device's target.
+  result=$(timeout 300 "$TCPTOOL" rate --port "$SP_PORT" --clients 8 --streams 600) || result='{"error":"failed"}'
+  emit setup.user_view "$result"
+  log "  user view: $result"
   stack_down
   stop_bg echo_server
 }

@@ -2,9 +2,10 @@
 // objects, one per line, on stdout.
 //
 //   echo   --port P                         epoll echo server for any number of connections
-//   rate   --port P --clients 8 --duration S
+//   rate   --port P --clients 8 (--duration S | --streams N)
 //          each client in a loop: connect, send 1 byte, read the echo, half-close, wait for the
-//          far side's end, close. Counts complete streams per second and their setup latency.
+//          far side's end, close. Counts complete streams per second and their setup latency;
+//          with --streams, N streams in all (shared by the clients) instead of S seconds.
 //   hold   --port P --count N [--parallel 64] [--timeout 300]
 //          opens N connections (at most `parallel` being set up at once), each proven end to end
 //          by one echoed byte; prints {"event":"established",...}, then holds them until
@@ -56,6 +57,7 @@ struct options {
     double duration = 10;
     double timeout = 300;
     double rate = 0;
+    long streams = 0; // rate: total across clients, 0 = run for `duration`
 };
 
 [[noreturn]] void die(const std::string& what)
@@ -270,13 +272,16 @@ int run_rate(const options& o)
     std::vector<double> setup;
     long ok = 0, failed = 0;
     auto started = clock_type::now();
-    auto deadline = started + std::chrono::duration_cast<clock_type::duration>(std::chrono::duration<double>(o.duration));
+    auto deadline = o.streams > 0 ? clock_type::time_point::max()
+                                  : started + std::chrono::duration_cast<clock_type::duration>(
+                                                  std::chrono::duration<double>(o.duration));
+    std::atomic<long> taken{0};
     std::vector<std::thread> threads;
     for (int t = 0; t < o.clients; ++t)
         threads.emplace_back([&] {
             std::vector<double> mine;
             long my_ok = 0, my_failed = 0;
-            while (clock_type::now() < deadline && !stop_requested) {
+            while (clock_type::now() < deadline && !stop_requested && (o.streams == 0 || taken++ < o.streams)) {
                 double us = 0;
                 if (one_stream(o, us)) {
                     ++my_ok;
@@ -510,6 +515,8 @@ int main(int argc, char** argv)
             o.duration = std::atof(v.c_str());
         else if (k == "--timeout")
             o.timeout = std::atof(v.c_str());
+        else if (k == "--streams")
+            o.streams = std::atol(v.c_str());
         else if (k == "--rate")
             o.rate = std::atof(v.c_str());
         else {

@@ -9,6 +9,7 @@ packages=(
   libboost1.81-dev libboost-json1.81-dev
   libssl-dev openssl libspdlog-dev libsqlite3-dev sqlite3 libcli11-dev libtomlplusplus-dev
   catch2 libssh2-1-dev openssh-server openssh-client python3
+  curl                               # integration: the plain HTTP client of test_registry_rest
   iproute2 nftables
   chromium
   clang libclang-rt-14-dev
