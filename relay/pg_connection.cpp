@@ -18,7 +18,7 @@ std::string one_line(const char* text)
     while (!out.empty() && (out.back() == '\n' || out.back() == ' '))
         out.pop_back();
     for (auto& c : out)
-        if (c == '\n')
+        if (c == '\n' || c == '\t')
             c = ' ';
     return out;
 }

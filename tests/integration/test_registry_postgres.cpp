@@ -15,15 +15,8 @@ using namespace sgit;
 
 namespace {
 
-// STREAMGATE_REGISTRY for every process this test starts from now on (the relay and its admin
-// commands), the way a deployment sets it once for a node: the harness stays backend-neutral.
-class registry_env {
-public:
-    explicit registry_env(const std::string& url) { ::setenv("STREAMGATE_REGISTRY", url.c_str(), 1); }
-    ~registry_env() { ::unsetenv("STREAMGATE_REGISTRY"); }
-    registry_env(const registry_env&) = delete;
-    registry_env& operator=(const registry_env&) = delete;
-};
+// A relay on `url`; the fixture's admin commands get the same --registry.
+relay_config on_registry(const std::string& url) { return relay_config{.args = {"--registry", url}}; }
 
 std::string auth(const std::string& token) { return "Authorization: " + token; }
 
@@ -69,7 +62,7 @@ std::optional<millis> logged_after(relay_fixture& relay, const std::string& line
 
 }  // namespace
 
-TEST_CASE("postgres: --registry, STREAMGATE_REGISTRY and the TOML key; the password is masked", "[integration][postgres]") {
+TEST_CASE("postgres: --registry, STREAMGATE_REGISTRY and the TOML key, the password masked", "[integration][postgres]") {
     temp_dir dir;
     const std::string url = "postgresql://sg:pw-s3cret@db.example:5432/streamgate";
     {
@@ -107,8 +100,7 @@ TEST_CASE("postgres: a relay on --registry postgresql:// serves the admin CLI, e
           "[integration][postgres]") {
     sgtest::pg_server pg;
     const std::string url = pg.create_database("relay");
-    registry_env use_postgres(url);
-    relay_fixture relay;
+    relay_fixture relay(on_registry(url));
     {
         const std::string log = relay.relay().stderr_text();
         INFO(log);
@@ -175,7 +167,7 @@ TEST_CASE("postgres: a relay on --registry postgresql:// serves the admin CLI, e
     CHECK_FALSE(contains(relay.relay().stderr_text(), pg.password()));
 }
 
-TEST_CASE("postgres: migrate copies a SQLite registry; the old connection strings keep working",
+TEST_CASE("postgres: migrate copies a SQLite registry and the old connection strings keep working",
           "[integration][postgres]") {
     relay_fixture relay;  // SQLite, as it has been until now
     const auto& dir = relay.dir().path();
@@ -222,26 +214,44 @@ TEST_CASE("postgres: migrate copies a SQLite registry; the old connection string
     CHECK(pg.psql("migrated", "SELECT count(*) FROM audit WHERE action = 'device-create'") == "3\n");
     CHECK(pg.psql("migrated", "SELECT count(*) FROM audit WHERE action = 'registry-migrate'") == "1\n");
 
-    registry_env use_postgres(url);
-    relay.start();
-    CHECK(contains(relay.relay().stderr_text(), "registry=\"postgresql://"));
+    // The same data directory (certificates, device CAs) and port, now on the PostgreSQL registry.
+    auto admin_pg = [&](const std::vector<std::string>& args) {
+        std::vector<std::string> argv = {bin::relay, "--data-dir", relay.data_dir().string(), "--registry", url};
+        argv.insert(argv.end(), args.begin(), args.end());
+        run_result r = run(argv);
+        INFO(describe(argv, r));
+        REQUIRE(r.exit_code == 0);
+        return trim(r.out);
+    };
+    auto relay_pg = relay.spawn("relay-pg", {bin::relay, "--data-dir", relay.data_dir().string(), "--listen",
+                                             "127.0.0.1:" + std::to_string(relay.port()), "--registry", url});
+    REQUIRE(wait_until([&] { return !relay_pg->running() || port_listening_in(relay_pg->pid(), relay.port()); },
+                       k_start_timeout));
+    REQUIRE(relay_pg->running());
+    CHECK(contains(relay_pg->stderr_text(), "registry=\"postgresql://"));
     // Same devices, etags, generation ids and keys; same policy keys; the CA is still listed.
-    CHECK(admin_ok(relay, {"device-identity", "show", "--device-id", "mig-sas"}) == before_sas);
-    CHECK(admin_ok(relay, {"device-identity", "show", "--device-id", "mig-x509"}) == before_x509);
-    CHECK(policy_connection_string(relay, "iothubowner") == owner_cs);
-    CHECK(contains(admin_ok(relay, {"certificate", "list"}), "mig-ca"));
+    CHECK(admin_pg({"device-identity", "show", "--device-id", "mig-sas"}) == before_sas);
+    CHECK(admin_pg({"device-identity", "show", "--device-id", "mig-x509"}) == before_x509);
+    CHECK(admin_pg({"show-connection-string", "--policy-name", "iothubowner"}) == owner_cs);
+    CHECK(contains(admin_pg({"certificate", "list"}), "mig-ca"));
     // The device's old connection string connects and streams with the old service string.
     auto device = relay.spawn("echo-device", {bin::echo_device, "--ca-file", relay.ca_file().string(), device_cs});
-    REQUIRE(relay.wait_device_connected("mig-sas", *device));
+    bool connected = wait_until([&] {
+        return !device->running() ||
+               contains(admin_pg({"device-identity", "show", "--device-id", "mig-sas"}), "\"Connected\"");
+    }, k_connect_timeout, 100ms);
+    INFO(device->describe());
+    INFO(relay_pg->describe());
+    REQUIRE(connected);
+    REQUIRE(device->running());
     expect_echo(relay, service_cs, "mig-sas");
 }
 
-TEST_CASE("postgres: with the database down, admin writes fail with 503002 naming it; the relay recovers by itself",
+TEST_CASE("postgres: with the database down admin writes fail with 503002 naming it, and the relay recovers by itself",
           "[integration][postgres]") {
     sgtest::pg_server pg;
     const std::string url = pg.create_database("outage");
-    registry_env use_postgres(url);
-    relay_fixture relay;
+    relay_fixture relay(on_registry(url));
     const std::string device_cs = relay.create_device("outage-dev");
     const std::string service_cs = relay.service_connection_string();
     const std::string token = registry_token(relay, "registryReadWrite");
