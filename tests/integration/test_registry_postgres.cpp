@@ -257,9 +257,19 @@ TEST_CASE("postgres: with the database down admin writes fail with 503002 naming
     const std::string token = registry_token(relay, "registryReadWrite");
     auto device = relay.spawn("echo-device", {bin::echo_device, "--ca-file", relay.ca_file().string(), device_cs});
     REQUIRE(relay.wait_device_connected("outage-dev", *device));
+    const std::string late_cs = relay.create_device("late-dev");
     const pid_t relay_pid = relay.relay().pid();
 
     pg.stop("immediate");
+    // A device that connects now is told the registry is unavailable, and keeps trying.
+    echo_server target;
+    auto late = spawn_device_proxy(relay, "device-proxy-late", late_cs, target.port());
+    {
+        bool told = wait_until([&] { return contains(late->stderr_text(), "503002"); }, k_fail_timeout);
+        INFO(late->describe());
+        CHECK(told);
+        CHECK(late->running());
+    }
     {
         const std::vector<std::string> args = {"device-identity", "create", "--device-id", "during-outage"};
         run_result r = relay.admin(args);
@@ -291,6 +301,11 @@ TEST_CASE("postgres: with the database down admin writes fail with 503002 naming
                                         rest("get", "GET", "/devices/after-outage", token)});
     response(w, "get", 200);
     expect_echo(relay, service_cs, "outage-dev");
+    {
+        bool connected = relay.wait_device_connected("late-dev", *late);
+        INFO(late->describe());
+        CHECK(connected);
+    }
     CHECK(relay.relay().pid() == relay_pid);
     CHECK(relay.relay().running());
     CHECK(contains(relay.relay().stderr_text(), "event=RegistryUnavailable"));
