@@ -8,6 +8,8 @@
 #include "relay/registry_util.hpp"
 
 #include <chrono>
+#include <iterator>
+#include <memory>
 #include <mutex>
 #include <stdexcept>
 
@@ -126,11 +128,7 @@ private:
 
 class postgres_registry final : public registry {
 public:
-    explicit postgres_registry(const std::string& url) : db_(url), listener_(url)
-    {
-        migrate();
-        listen();
-    }
+    explicit postgres_registry(const std::string& url) : url_(url), db_(url) { migrate(); }
 
     std::optional<device_identity> find_device(std::string_view device_id) override
     {
@@ -276,24 +274,29 @@ public:
     {
         std::lock_guard lock(listen_mutex_);
         std::vector<int> senders;
-        if (listening_ && listener_.poll_notifications(senders)) {
+        if (listening_ && listener_->poll_notifications(senders)) {
             for (int pid : senders)
                 if (pid != db_.backend_pid())
                     ++changes_;
             return changes_;
         }
-        // Lost (or never had) the listening connection: notifications sent meanwhile are gone,
-        // so once it is back, count one change and let the caller re-check everything.
+        // Not listening yet (the first call: admin commands never listen), or the connection was
+        // lost: notifications sent meanwhile are gone, so once it listens, count one change and let
+        // the caller re-check everything. At most one attempt a second while the server is away.
         listening_ = false;
         auto now = std::chrono::steady_clock::now();
         if (now - last_listen_attempt_ < std::chrono::seconds(1))
             return changes_;
         last_listen_attempt_ = now;
         try {
-            listen_locked();
+            if (!listener_)
+                listener_ = std::make_unique<pg::connection>(url_);
+            listener_->ensure_open();
+            listener_->exec("LISTEN streamgate_registry", "listen for changes");
+            listening_ = true;
             ++changes_;
         } catch (const std::exception&) {
-            // Still down: the next call tries again.
+            // Still away: a later call tries again.
         }
         return changes_;
     }
@@ -399,25 +402,13 @@ private:
         tx.commit();
     }
 
-    void listen()
-    {
-        std::lock_guard lock(listen_mutex_);
-        listen_locked();
-    }
-
-    void listen_locked()
-    {
-        listener_.ensure_open();
-        listener_.exec("LISTEN streamgate_registry", "listen for changes");
-        listening_ = true;
-    }
-
     // One connection behind one mutex, as the SQLite backend: look-ups are short loopback or LAN
     // round trips, and the mutex also keeps a transaction's statements on one connection.
+    const std::string url_;
     pg::connection db_;
     std::mutex mutex_; // notifications sent by db_'s backend are our own, not external
 
-    pg::connection listener_;
+    std::unique_ptr<pg::connection> listener_; // LISTENs only; opened by the first external_change_counter()
     std::mutex listen_mutex_;
     bool listening_ = false;
     std::uint64_t changes_ = 0;
