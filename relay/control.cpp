@@ -184,7 +184,7 @@ asio::awaitable<void> serve_control(std::shared_ptr<relay_state> state, tls_stre
         // The device proxy backs off and tries again, as for any 5xx answer.
         state->log->warn("event=RegistryUnavailable peer={} device={} endpoint=control reason=\"{}\"", peer,
                          r.device_id, e.what());
-        f = failure{codes::registry_unavailable, e.what()};
+        f = failure{codes::registry_unavailable, std::string(registry_unavailable_message)};
     }
     if (f.code == codes::registry_unavailable) {
         auto res = refuse(f);

@@ -229,8 +229,9 @@ asio::awaitable<void> serve_connection(std::shared_ptr<relay_state> state, tcp::
         try {
             res = co_await handle_rest(state, req, r, peer);
         } catch (const registry_unavailable& e) {
+            // The log names the database; a client, maybe not yet authenticated, learns nothing of it.
             state->log->warn("event=RegistryUnavailable peer={} target={} reason=\"{}\"", peer, r.device_id, e.what());
-            res = error_response(req, codes::registry_unavailable, e.what());
+            res = error_response(req, codes::registry_unavailable, registry_unavailable_message);
             res.set(http::field::retry_after, "5");
         } catch (const std::exception& e) {
             state->log->error("event=InternalError peer={} reason=\"{}\"", peer, e.what());
