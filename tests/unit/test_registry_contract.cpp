@@ -295,3 +295,55 @@ TEST_CASE("registry contract: export and import keep every stored value", "[regi
     target->append_audit({0, {}, "admin-cli", "device-delete", "keep-me", ""});
     CHECK(target->last_audit_id() > snap.audit[1].id);
 }
+
+TEST_CASE("registry contract: concurrent writers, one etag wins, one object shared by threads", "[registry][contract]")
+{
+    auto backend = GENERATE(as<std::string>{}, "sqlite", "postgresql");
+    INFO("backend " << backend);
+    store st(backend);
+    auto setup = st.open();
+    auto d = sas_device("contended");
+    REQUIRE(setup->create_device(d) == registry_result::ok);
+
+    // Four processes' views update with the same etag at once: exactly one wins, the others 412.
+    std::vector<std::unique_ptr<registry>> views;
+    for (int i = 0; i < 4; ++i)
+        views.push_back(st.open());
+    std::atomic<int> won{0}, refused{0};
+    {
+        std::vector<std::thread> writers;
+        for (auto& v : views)
+            writers.emplace_back([&, reg = v.get()] {
+                auto mine = d;
+                mine.primary_key = sg::random_key_base64();
+                auto r = reg->update_device(mine, d.etag);
+                (r == registry_result::ok ? won : refused)++;
+            });
+        for (auto& t : writers)
+            t.join();
+    }
+    CHECK(won == 1);
+    CHECK(refused == 3);
+
+    // One object used by several threads at once (the relay's I/O threads) stays consistent.
+    auto shared = st.open();
+    std::atomic<int> errors{0};
+    {
+        std::vector<std::thread> threads;
+        for (int t = 0; t < 4; ++t)
+            threads.emplace_back([&, t] {
+                for (int i = 0; i < 50; ++i) {
+                    auto id = "t" + std::to_string(t) + "-" + std::to_string(i);
+                    auto dev = sas_device(id);
+                    if (shared->create_device(dev) != registry_result::ok || !shared->find_device(id) ||
+                        !shared->find_policy("service"))
+                        ++errors;
+                    shared->set_connection_state(id, i % 2 == 0);
+                }
+            });
+        for (auto& t : threads)
+            t.join();
+    }
+    CHECK(errors == 0);
+    CHECK(shared->list_devices().size() == 201);
+}
