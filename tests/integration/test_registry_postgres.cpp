@@ -293,6 +293,17 @@ TEST_CASE("postgres: with the database down admin writes fail with 503002 naming
         CHECK(contains(relay.relay().stderr_text(), "127.0.0.1:" + std::to_string(pg.port()) + "/outage"));
         CHECK(response(w, "get", 503).error_code() == 503002);
     }
+    {
+        // A relay that starts now stops at once, saying why.
+        const std::vector<std::string> argv = {bin::relay, "--data-dir", (relay.dir() / "second").string(), "--listen",
+                                               "127.0.0.1:0", "--admin-listen", "off", "--registry", url};
+        run_result r = run(argv, {}, k_fail_timeout);
+        INFO(describe(argv, r));
+        CHECK(r.exit_code == 1);
+        CHECK(contains(r.err, "127.0.0.1:" + std::to_string(pg.port()) + "/outage"));
+        CHECK(contains(r.err, "database unavailable"));
+        CHECK_FALSE(contains(r.err, pg.password()));
+    }
     // The relay and the device's control connection stay up meanwhile.
     CHECK(relay.relay().running());
     CHECK(device->running());
