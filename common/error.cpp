@@ -19,6 +19,7 @@ const char* error_name(int code)
     case codes::throttled: return "ThrottlingException";
     case codes::internal: return "ServerError";
     case codes::relay_shutting_down: return "ServiceUnavailable";
+    case codes::registry_unavailable: return "RegistryUnavailable";
     case codes::gateway_timeout: return "GatewayTimeout";
     default: return "Error";
     }

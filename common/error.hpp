@@ -21,6 +21,7 @@ constexpr int precondition_failed = 412001;        // PreconditionFailed: ETag m
 constexpr int throttled = 429001;                  // ThrottlingException
 constexpr int internal = 500001;
 constexpr int relay_shutting_down = 503001;
+constexpr int registry_unavailable = 503002;       // the registry's database cannot be reached
 constexpr int gateway_timeout = 504101;            // the device did not answer in time
 } // namespace error_code
 

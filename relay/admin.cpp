@@ -32,7 +32,7 @@ struct opened {
 opened open(const admin_options& o)
 {
     opened out;
-    out.reg = open_registry(o.data_dir);
+    out.reg = open_registry(o.data_dir, o.registry);
     out.host_name = recorded_host_name(*out.reg, o.host_name);
     // The CA exists from the first command on, so clients can be given ca.pem right away.
     // A relay that already made its certificates is left alone (it may be running).
@@ -153,6 +153,44 @@ int update_device(const admin_options& o)
     });
 }
 
+// Copies the registry --registry names (default: the data directory's SQLite file) into an empty
+// PostgreSQL registry, keeping ids, etags, keys and the audit trail.
+int migrate(const admin_options& o)
+{
+    if (!is_postgres_url(o.migrate_to))
+        return fail(codes::bad_request, "--to must be postgresql://user:password@host:port/database");
+    if (o.registry.empty() && !std::filesystem::exists(o.data_dir / "registry.db"))
+        return fail(codes::bad_request, "no registry to migrate: " + (o.data_dir / "registry.db").string() +
+                                            " does not exist (check --data-dir)");
+    auto source = open_registry(o.data_dir, o.registry);
+    auto target = open_postgres_registry(o.migrate_to);
+    if (source->describe() == target->describe())
+        return fail(codes::bad_request, "--to names the registry being migrated");
+    auto existing = target->export_all();
+    if ((!existing.devices.empty() || !existing.audit.empty()) && !o.force)
+        return fail(codes::bad_request, "target registry " + target->describe() + " is not empty (" +
+                                            std::to_string(existing.devices.size()) + " devices, " +
+                                            std::to_string(existing.audit.size()) +
+                                            " audit entries): use --force to replace its contents");
+    auto snap = source->export_all();
+    target->import_all(snap);
+    auto copied = target->export_all();
+    if (copied.devices.size() != snap.devices.size() || copied.policies.size() != snap.policies.size() ||
+        copied.audit.size() != snap.audit.size())
+        return fail(codes::internal, "the target registry does not hold what was copied; run again with --force");
+    audit(*target, "registry-migrate", "", "from=\"" + source->describe() + "\" devices=" +
+                                              std::to_string(snap.devices.size()));
+    auto cas = list_device_cas(o.data_dir);
+    std::cout << "migrated " << source->describe() << " -> " << target->describe() << "\n"
+              << "devices: " << snap.devices.size() << "\n"
+              << "policies: " << snap.policies.size() << "\n"
+              << "settings: " << snap.settings.size() << "\n"
+              << "audit entries: " << snap.audit.size() << "\n"
+              << "device CAs: " << cas.size() << " (kept in " << device_ca_dir(o.data_dir).string()
+              << ": CAs and certificates stay in the data directory)\n";
+    return 0;
+}
+
 } // namespace
 
 void add_admin_commands(CLI::App& app, admin_options& o, int* result, bool* ran)
@@ -162,6 +200,8 @@ void add_admin_commands(CLI::App& app, admin_options& o, int* result, bool* ran)
             *ran = true;
             try {
                 *result = f();
+            } catch (const registry_unavailable& e) {
+                *result = fail(codes::registry_unavailable, e.what());
             } catch (const std::exception& e) {
                 *result = fail(codes::internal, e.what());
             }
@@ -280,6 +320,14 @@ void add_admin_commands(CLI::App& app, admin_options& o, int* result, bool* ran)
         std::cout << certificate_thumbprint(o.status_reason) << "\n";
         return 0;
     }));
+
+    auto* migrate_cmd = app.add_subcommand(
+        "migrate", "Copy this registry (default: the data directory's SQLite file) into an empty PostgreSQL registry: "
+                   "devices with keys and thumbprints, policies with keys, settings and the audit trail");
+    migrate_cmd->add_option("--to", o.migrate_to, "Target registry: postgresql://user:password@host:port/database")
+        ->required();
+    migrate_cmd->add_flag("--force", o.force, "Replace what the target already holds (devices, policies, settings, audit)");
+    migrate_cmd->callback(run([&o] { return migrate(o); }));
 
     auto* streams = app.add_subcommand("devicestream", "Device streams settings");
     streams->require_subcommand(1);

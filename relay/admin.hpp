@@ -10,6 +10,7 @@ namespace sg::relay {
 
 struct admin_options {
     std::filesystem::path data_dir;
+    std::string registry; // --registry: "" = <data_dir>/registry.db, or postgresql://...
     std::string host_name;
     std::string device_id;
     std::string policy_name;
@@ -20,9 +21,11 @@ struct admin_options {
     std::string status_reason;
     std::string renew_key;
     std::string etag;
+    std::string migrate_to; // migrate --to
+    bool force = false;     // migrate --force
 };
 
-// Adds device-identity, show-connection-string and devicestream to app. `*result` receives the
+// Adds device-identity, show-connection-string, certificate, devicestream and migrate to app. `*result` receives the
 // exit code of the command that ran; `*ran` is set when one did.
 void add_admin_commands(CLI::App& app, admin_options& options, int* result, bool* ran);
 

@@ -116,6 +116,20 @@ void relay_state::expire_streams()
     }
 }
 
+namespace {
+
+// connectionState is informational: a device stays connected while the database is away.
+void note_connection_state(relay_state& state, const std::string& device_id, bool connected)
+{
+    try {
+        state.reg->set_connection_state(device_id, connected);
+    } catch (const std::exception& e) {
+        state.log->warn("event=RegistryUnavailable device={} task=connectionState reason=\"{}\"", device_id, e.what());
+    }
+}
+
+} // namespace
+
 void relay_state::revalidate_devices(const std::string& device_id)
 {
     std::vector<std::shared_ptr<control_channel>> channels;
@@ -162,8 +176,23 @@ asio::awaitable<void> serve_control(std::shared_ptr<relay_state> state, tls_stre
     std::string credential;
     auto certificate = inspect_peer_certificate(stream.native_handle(), device_ca_dir(state->options.data_dir));
     auto refuse = [&](const failure& f) { return error_response(req, f.code, f.message); };
-    if (auto f = state->auth->authorize_device(req[http::field::authorization], r.device_id, &device, &certificate,
-                                               &credential)) {
+    failure f;
+    try {
+        f = state->auth->authorize_device(req[http::field::authorization], r.device_id, &device, &certificate,
+                                          &credential);
+    } catch (const registry_unavailable& e) {
+        // The device proxy backs off and tries again, as for any 5xx answer.
+        state->log->warn("event=RegistryUnavailable peer={} device={} endpoint=control reason=\"{}\"", peer,
+                         r.device_id, e.what());
+        f = failure{codes::registry_unavailable, std::string(registry_unavailable_message)};
+    }
+    if (f.code == codes::registry_unavailable) {
+        auto res = refuse(f);
+        res.keep_alive(false);
+        co_await http::async_write(stream, res, use_nothrow);
+        co_return;
+    }
+    if (f) {
         state->log->warn("event=AuthFailed peer={} device={} endpoint=control code={} reason=\"{}\"", peer, r.device_id,
                          f.code, f.message);
         state->metrics.auth_failed(auth_endpoint::control, f);
@@ -219,17 +248,21 @@ asio::awaitable<void> serve_control(std::shared_ptr<relay_state> state, tls_stre
         state->log->info("event=DeviceReplaced device={} reason=\"a newer control connection replaced this one\"", r.device_id);
         replaced->close(codes::connection_replaced, "a newer connection for this device replaced this one");
     }
-    state->reg->set_connection_state(r.device_id, true);
+    note_connection_state(*state, r.device_id, true);
     state->metrics.device_connected();
     state->log->info("event=DeviceConnected device={} peer={} auth={}", r.device_id, peer,
                      credential.substr(0, credential.find(':')));
     // A key renewed between authorization and now must not slip through.
-    state->revalidate_devices(r.device_id);
+    try {
+        state->revalidate_devices(r.device_id);
+    } catch (const std::exception& e) {
+        state->log->warn("event=RegistryUnavailable device={} task=revalidate reason=\"{}\"", r.device_id, e.what());
+    }
 
     auto ec = co_await channel->run(*state->log);
 
     if (unregister()) {
-        state->reg->set_connection_state(r.device_id, false);
+        note_connection_state(*state, r.device_id, false);
         state->abandon_device_streams(r.device_id);
     }
     state->log->info("event=DeviceDisconnected device={} peer={} reason=\"{}\"", r.device_id, peer,

@@ -64,13 +64,18 @@ std::string public_host_name(const std::string& explicit_name, const std::string
     return port == 443 ? host : host + ":" + std::to_string(port);
 }
 
-std::unique_ptr<registry> open_registry(const std::filesystem::path& data_dir)
+std::unique_ptr<registry> open_registry(const std::filesystem::path& data_dir, const std::string& registry_url)
 {
+    if (!registry_url.empty() && !is_postgres_url(registry_url))
+        throw config_error("--registry: expected postgresql://user:password@host:port/database (or nothing for "
+                           "the data directory's SQLite file), got \"" + redact_database_url(registry_url) + "\"");
     std::error_code ec;
     std::filesystem::create_directories(data_dir, ec);
     if (ec)
         throw std::runtime_error("cannot create data directory " + data_dir.string() + ": " + ec.message());
     ::chmod(data_dir.c_str(), 0700);
+    if (!registry_url.empty())
+        return open_postgres_registry(registry_url);
     return open_sqlite_registry(data_dir / "registry.db");
 }
 

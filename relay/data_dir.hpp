@@ -22,8 +22,11 @@ listen_address parse_listen_address(const std::string& text);
 // with ":port" unless the port is 443.
 std::string public_host_name(const std::string& explicit_name, const std::string& listen_host, std::uint16_t port);
 
-// Opens <dir>/registry.db, creating the directory (0700) and the registry on first use.
-std::unique_ptr<registry> open_registry(const std::filesystem::path& data_dir);
+// Opens the registry --registry names: empty (the default) is <dir>/registry.db, created with the
+// directory (0700) on first use; postgresql://... (or postgres://...) is a shared database. The
+// data directory is created either way: it holds the certificates. Throws config_error for a
+// URL that is neither.
+std::unique_ptr<registry> open_registry(const std::filesystem::path& data_dir, const std::string& registry_url = {});
 
 // The host name admin commands put in connection strings: --host-name, else what the relay
 // recorded at its last start, else the default listen address's.

@@ -120,4 +120,8 @@ asio::awaitable<http::response<http::string_body>> open_stream(std::shared_ptr<r
 
 http::response<http::string_body> error_response(const request_type& req, int code, std::string_view message);
 
+// What a client is told with 503002 (the log line beside it names the database).
+inline constexpr std::string_view registry_unavailable_message =
+    "the relay's registry database is unavailable; try again later";
+
 } // namespace sg::relay

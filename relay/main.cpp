@@ -27,6 +27,9 @@ int main(int argc, char** argv)
     int drain = static_cast<int>(options.drain_timeout.count());
     int handshake = static_cast<int>(options.handshake_timeout.count());
     app.add_option("--data-dir", data_dir, "Registry, keys and certificates (created 0700)")->capture_default_str();
+    app.add_option("--registry", options.registry,
+                   "Registry database: postgresql://user:password@host:port/database (also postgres://) for a shared "
+                   "PostgreSQL registry; default: registry.db in --data-dir (which holds the certificates either way)");
     app.add_option("--listen", options.listen, "Address and port to serve on, host:port (port 0 picks a free one)")
         ->capture_default_str();
     app.add_option("--host-name", options.host_name,
@@ -79,6 +82,7 @@ int main(int argc, char** argv)
     // Admin callbacks read data_dir/host name from `admin`, so fill it before they run.
     app.parse_complete_callback([&] {
         admin.data_dir = data_dir;
+        admin.registry = options.registry;
         admin.host_name = options.host_name;
     });
 

@@ -1,11 +1,13 @@
 #pragma once
 // The relay's identity registry: devices and shared access policies.
-// A small interface so that a shared database can replace the embedded SQLite one.
+// A small interface with two implementations: the embedded SQLite file (the default) and a
+// shared PostgreSQL database (--registry postgresql://..., for cluster mode).
 // Implementations are safe to call from several threads.
 #include <cstdint>
 #include <filesystem>
 #include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -56,6 +58,23 @@ struct audit_entry {
 
 enum class registry_result { ok, not_found, already_exists, etag_mismatch };
 
+// The registry's database cannot be reached (PostgreSQL down or restarting): callers answer
+// 503002 and try again later; the backend reconnects by itself. The message names the database
+// (never its password).
+class registry_unavailable : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+// Everything a registry holds, as stored (ids, etags, generation ids, keys, times): what
+// `migrate` copies from one backend to another.
+struct registry_snapshot {
+    std::vector<device_identity> devices;
+    std::vector<access_policy> policies;
+    std::vector<std::pair<std::string, std::string>> settings;
+    std::vector<audit_entry> audit;
+};
+
 class registry {
 public:
     virtual ~registry() = default;
@@ -85,9 +104,20 @@ public:
     virtual std::vector<audit_entry> audit_after(std::int64_t id, std::size_t max_entries) = 0;
     virtual std::int64_t last_audit_id() = 0;
 
-    // Changes whenever another process commits to the registry (SQLite's PRAGMA data_version),
-    // so the relay notices admin commands run beside it.
+    // Changes whenever another process (or another registry object) commits a change to devices,
+    // policies, settings or the audit trail, so the relay notices admin commands run beside it.
+    // SQLite: PRAGMA data_version. PostgreSQL: notifications on channel streamgate_registry.
+    // Never throws: a backend that lost its database bumps it once it is back.
     virtual std::uint64_t external_change_counter() = 0;
+
+    virtual registry_snapshot export_all() = 0;
+    // Replaces devices, policies, settings and the audit trail with `s` in one transaction,
+    // keeping every stored value (the audit ids too).
+    virtual void import_all(const registry_snapshot& s) = 0;
+
+    // "sqlite /path/registry.db" or "postgresql://user@host:port/db": for logs and errors, never
+    // holding a password.
+    virtual std::string describe() const = 0;
 };
 
 // Opens (creating on first use, with WAL, 0600) <file>. A new database gets the five default
@@ -95,6 +125,15 @@ public:
 // (ServiceConnect), device (DeviceConnect), registryRead (RegistryRead), registryReadWrite
 // (RegistryRead|RegistryWrite). Throws std::runtime_error with a clear message on failure.
 std::unique_ptr<registry> open_sqlite_registry(const std::filesystem::path& file);
+
+// postgresql://user:password@host:port/database[?param=value...] (also postgres://), as libpq
+// reads it. Creates or migrates the schema (version table schema_version) under an advisory lock,
+// with the same default policies as SQLite on a new database. Throws registry_unavailable when
+// the server cannot be reached, std::runtime_error for other failures.
+std::unique_ptr<registry> open_postgres_registry(const std::string& url);
+bool is_postgres_url(std::string_view url);
+// The URL without its password (user info and password= parameter): safe to log.
+std::string redact_database_url(std::string_view url);
 
 std::string utc_now_iso8601();
 

@@ -1,6 +1,7 @@
 // The embedded registry: one SQLite file shared by the relay and the admin commands run beside
 // it, so every write is its own IMMEDIATE transaction and SQLITE_BUSY is absorbed by busy_timeout.
 #include "relay/registry.hpp"
+#include "relay/registry_util.hpp"
 
 #include "common/crypto.hpp"
 
@@ -17,62 +18,6 @@
 #include <unistd.h>
 
 namespace sg::relay {
-
-namespace {
-constexpr std::pair<device_status, std::string_view> status_names[] = {
-    {device_status::enabled, "enabled"}, {device_status::disabled, "disabled"}};
-constexpr std::pair<auth_type, std::string_view> auth_names[] = {
-    {auth_type::sas, "sas"}, {auth_type::self_signed, "selfSigned"},
-    {auth_type::certificate_authority, "certificateAuthority"}};
-
-template <class E, std::size_t N>
-std::string_view name_of(const std::pair<E, std::string_view> (&table)[N], E value)
-{
-    for (const auto& [v, name] : table)
-        if (v == value) return name;
-    return table[0].second;
-}
-
-template <class E, std::size_t N>
-std::optional<E> value_of(const std::pair<E, std::string_view> (&table)[N], std::string_view name)
-{
-    for (const auto& [v, n] : table)
-        if (n == name) return v;
-    return std::nullopt;
-}
-} // namespace
-
-std::string_view to_string(device_status s) { return name_of(status_names, s); }
-std::string_view to_string(auth_type a) { return name_of(auth_names, a); }
-std::optional<device_status> parse_device_status(std::string_view s) { return value_of(status_names, s); }
-std::optional<auth_type> parse_auth_type(std::string_view s) { return value_of(auth_names, s); }
-
-std::string permissions_to_string(unsigned permissions)
-{
-    static constexpr std::pair<unsigned, const char*> names[] = {
-        {permission::registry_read, "RegistryRead"},
-        {permission::registry_write, "RegistryWrite"},
-        {permission::service_connect, "ServiceConnect"},
-        {permission::device_connect, "DeviceConnect"},
-    };
-    std::string out;
-    for (const auto& [bit, name] : names) {
-        if (!(permissions & bit)) continue;
-        if (!out.empty()) out += ", ";
-        out += name;
-    }
-    return out;
-}
-
-std::string utc_now_iso8601()
-{
-    std::time_t now = std::time(nullptr);
-    std::tm tm{};
-    gmtime_r(&now, &tm);
-    char buf[32];
-    std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    return buf;
-}
 
 namespace {
 
@@ -107,23 +52,6 @@ constexpr const char* device_columns =
     "device_id, generation_id, etag, status, status_reason, auth_type, primary_key, secondary_key, "
     "primary_thumbprint, secondary_thumbprint, connected, connection_state_updated_time, "
     "status_updated_time, last_activity_time";
-
-// IoT Hub shows generation ids as long decimal numbers; the value is only compared, never parsed.
-std::string new_generation_id()
-{
-    std::string bytes = random_bytes(8);
-    std::uint64_t v = 0;
-    for (unsigned char c : bytes) v = (v << 8) | c;
-    std::string digits = std::to_string(v % 1'000'000'000'000'000'000ULL);
-    return "6" + std::string(18 - digits.size(), '0') + digits;
-}
-
-std::string new_etag() { return random_token(9); }
-
-bool etag_matches(std::string_view if_match, std::string_view stored)
-{
-    return if_match.empty() || if_match == "*" || if_match == stored;
-}
 
 // Creates the missing directories of `dir` as 0700: they will hold key material.
 void create_private_dirs(const std::filesystem::path& dir)
@@ -203,16 +131,9 @@ public:
     registry_result create_device(device_identity& device) override
     {
         std::lock_guard lock(mutex_);
-        const std::string now = utc_now_iso8601();
         device_identity d = device;
-        d.generation_id = new_generation_id();
-        d.etag = new_etag();
-        if (d.authentication == auth_type::sas) {
-            if (d.primary_key.empty()) d.primary_key = random_key_base64(32);
-            if (d.secondary_key.empty()) d.secondary_key = random_key_base64(32);
-        }
-        d.connected = false;
-        d.connection_state_updated_time = d.status_updated_time = d.last_activity_time = now;
+        detail::prepare_new_device(d);
+        const std::string& now = d.status_updated_time;
 
         auto s = prepare(("INSERT INTO devices (" + std::string(device_columns) +
                           ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)").c_str());
@@ -235,22 +156,10 @@ public:
         transaction tx(*this);
         auto stored = find_locked(device.device_id);
         if (!stored) return registry_result::not_found;
-        if (!etag_matches(if_match, stored->etag)) return registry_result::etag_mismatch;
+        if (!detail::etag_matches(if_match, stored->etag)) return registry_result::etag_mismatch;
 
         device_identity d = device;
-        // An sas device always has keys: an update that omits them keeps the stored ones.
-        if (d.authentication == auth_type::sas) {
-            if (d.primary_key.empty())
-                d.primary_key = stored->primary_key.empty() ? random_key_base64(32) : stored->primary_key;
-            if (d.secondary_key.empty())
-                d.secondary_key = stored->secondary_key.empty() ? random_key_base64(32) : stored->secondary_key;
-        }
-        d.generation_id = stored->generation_id;
-        d.etag = new_etag();
-        d.connected = stored->connected;
-        d.connection_state_updated_time = stored->connection_state_updated_time;
-        d.last_activity_time = stored->last_activity_time;
-        d.status_updated_time = d.status != stored->status ? utc_now_iso8601() : stored->status_updated_time;
+        detail::prepare_update(d, *stored);
 
         auto s = prepare("UPDATE devices SET etag = ?2, status = ?3, status_reason = ?4, auth_type = ?5, "
                          "primary_key = ?6, secondary_key = ?7, primary_thumbprint = ?8, "
@@ -270,7 +179,7 @@ public:
         transaction tx(*this);
         auto stored = find_locked(device_id);
         if (!stored) return registry_result::not_found;
-        if (!etag_matches(if_match, stored->etag)) return registry_result::etag_mismatch;
+        if (!detail::etag_matches(if_match, stored->etag)) return registry_result::etag_mismatch;
         auto s = prepare("DELETE FROM devices WHERE device_id = ?1");
         s.bind(1, device_id);
         check_done(s.step(), "delete device");
@@ -371,7 +280,66 @@ public:
         return static_cast<std::uint64_t>(s.integer(0));
     }
 
+    registry_snapshot export_all() override
+    {
+        std::lock_guard lock(mutex_);
+        transaction tx(*this); // one consistent view
+        registry_snapshot out;
+        auto d = prepare(("SELECT " + std::string(device_columns) + " FROM devices ORDER BY device_id").c_str());
+        for_each_row(d, "export devices", [&] { out.devices.push_back(read_device(d)); });
+        auto p = prepare("SELECT name, primary_key, secondary_key, permissions FROM policies ORDER BY name");
+        for_each_row(p, "export policies", [&] { out.policies.push_back(read_policy(p)); });
+        auto s = prepare("SELECT key, value FROM settings ORDER BY key");
+        for_each_row(s, "export settings", [&] { out.settings.emplace_back(s.text(0), s.text(1)); });
+        auto a = prepare("SELECT id, time, actor, action, subject, detail FROM audit ORDER BY id");
+        for_each_row(a, "export audit", [&] {
+            out.audit.push_back({a.integer(0), a.text(1), a.text(2), a.text(3), a.text(4), a.text(5)});
+        });
+        tx.commit();
+        return out;
+    }
+
+    void import_all(const registry_snapshot& snap) override
+    {
+        std::lock_guard lock(mutex_);
+        transaction tx(*this);
+        exec("DELETE FROM devices; DELETE FROM policies; DELETE FROM settings; DELETE FROM audit;", "clear registry");
+        for (const auto& d : snap.devices) {
+            auto s = prepare(("INSERT INTO devices (" + std::string(device_columns) +
+                              ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)").c_str());
+            s.bind(1, d.device_id).bind(2, d.generation_id).bind(3, d.etag).bind(4, to_string(d.status));
+            s.bind(5, d.status_reason).bind(6, to_string(d.authentication));
+            s.bind(7, d.primary_key).bind(8, d.secondary_key);
+            s.bind(9, d.primary_thumbprint).bind(10, d.secondary_thumbprint);
+            s.bind(11, std::int64_t{d.connected ? 1 : 0}).bind(12, d.connection_state_updated_time);
+            s.bind(13, d.status_updated_time).bind(14, d.last_activity_time);
+            check_done(s.step(), "import device");
+        }
+        for (const auto& p : snap.policies)
+            insert_policy(p, "import policy");
+        for (const auto& [key, value] : snap.settings) {
+            auto s = prepare("INSERT INTO settings (key, value) VALUES (?1, ?2)");
+            s.bind(1, key).bind(2, value);
+            check_done(s.step(), "import setting");
+        }
+        for (const auto& e : snap.audit) {
+            auto s = prepare("INSERT INTO audit (id, time, actor, action, subject, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)");
+            s.bind(1, e.id).bind(2, e.time).bind(3, e.actor).bind(4, e.action).bind(5, e.subject).bind(6, e.detail);
+            check_done(s.step(), "import audit entry");
+        }
+        tx.commit();
+    }
+
+    std::string describe() const override { return "sqlite " + file_.string(); }
+
 private:
+    void insert_policy(const access_policy& p, const char* what)
+    {
+        auto s = prepare("INSERT INTO policies (name, primary_key, secondary_key, permissions) VALUES (?1, ?2, ?3, ?4)");
+        s.bind(1, p.name).bind(2, p.primary_key).bind(3, p.secondary_key).bind(4, std::int64_t{p.permissions});
+        check_done(s.step(), what);
+    }
+
     // BEGIN IMMEDIATE takes the write lock up front (waiting via busy_timeout); a deferred
     // read-then-write transaction could instead fail with SQLITE_BUSY_SNAPSHOT without waiting.
     class transaction {
@@ -433,17 +401,8 @@ private:
 
     void add_default_policies()
     {
-        using namespace permission;
-        const std::pair<const char*, unsigned> defaults[] = {
-            {"iothubowner", registry_read | registry_write | service_connect | device_connect},
-            {"service", service_connect}, {"device", device_connect}, {"registryRead", registry_read},
-            {"registryReadWrite", registry_read | registry_write},
-        };
-        for (const auto& [name, perms] : defaults) {
-            auto s = prepare("INSERT INTO policies (name, primary_key, secondary_key, permissions) VALUES (?1, ?2, ?3, ?4)");
-            s.bind(1, name).bind(2, random_key_base64(32)).bind(3, random_key_base64(32)).bind(4, std::int64_t{perms});
-            check_done(s.step(), "create default policies");
-        }
+        for (const auto& p : detail::default_policies())
+            insert_policy(p, "create default policies");
     }
 
     static access_policy read_policy(const statement& s)

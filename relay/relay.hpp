@@ -13,6 +13,7 @@ namespace sg::relay {
 
 struct relay_options {
     std::filesystem::path data_dir = "./sg";
+    std::string registry;                         // "" = <data_dir>/registry.db, or postgresql://...
     std::string listen = "0.0.0.0:8443";
     std::string host_name;                        // public name; default from --listen
     std::optional<std::filesystem::path> cert, key; // default: the embedded CA's certificate

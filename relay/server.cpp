@@ -290,7 +290,18 @@ asio::awaitable<void> serve_connection(std::shared_ptr<relay_state> state, tcp::
                 co_await serve_bridge(state, std::move(stream), std::move(req), std::move(r), peer);
             co_return;
         }
-        auto res = co_await handle_rest(state, req, r, peer);
+        http::response<http::string_body> res;
+        try {
+            res = co_await handle_rest(state, req, r, peer);
+        } catch (const registry_unavailable& e) {
+            // The log names the database; a client, maybe not yet authenticated, learns nothing of it.
+            state->log->warn("event=RegistryUnavailable peer={} target={} reason=\"{}\"", peer, r.device_id, e.what());
+            res = error_response(req, codes::registry_unavailable, registry_unavailable_message);
+            res.set(http::field::retry_after, "5");
+        } catch (const std::exception& e) {
+            state->log->error("event=InternalError peer={} reason=\"{}\"", peer, e.what());
+            res = error_response(req, codes::internal, "internal error");
+        }
         tcp_layer.expires_after(std::chrono::seconds(30));
         auto [wec, wn] = co_await http::async_write(stream, res, use_nothrow);
         if (wec || !res.keep_alive())
@@ -350,8 +361,9 @@ asio::awaitable<void> housekeeping(std::shared_ptr<relay_state> state)
         // Admin commands run beside the relay: a renewed key, a disabled or deleted device
         // takes effect on live control connections within half a second.
         auto now = state->reg->external_change_counter();
-        if (now != seen) {
-            seen = now;
+        if (now == seen)
+            continue;
+        try {
             for (const auto& e : state->reg->audit_after(audited, 1000)) {
                 audited = e.id;
                 if (e.actor.starts_with("relay ")) // this relay's own REST changes, logged when made
@@ -359,6 +371,10 @@ asio::awaitable<void> housekeeping(std::shared_ptr<relay_state> state)
                 log_registry_change(*state->log, e);
             }
             state->revalidate_devices();
+            seen = now;
+        } catch (const std::exception& e) {
+            // The database went away between the notification and the reads: try again next tick.
+            state->log->warn("event=RegistryUnavailable task=housekeeping reason=\"{}\"", e.what());
         }
     }
 }
@@ -375,7 +391,7 @@ int run_relay(const relay_options& options)
     state->options = options;
     state->log = log;
     auto listen = parse_listen_address(options.listen);
-    state->reg = open_registry(options.data_dir);
+    state->reg = open_registry(options.data_dir, options.registry);
     state->hub_name = hub_name(*state->reg);
 
     std::filesystem::path cert, key;
@@ -426,8 +442,9 @@ int run_relay(const relay_options& options)
     asio::co_spawn(acceptor.get_executor(), accept_loop(state, acceptor, ioc), asio::detached);
     asio::co_spawn(asio::make_strand(ioc), housekeeping(state), asio::detached);
 
-    log->info("event=Listening address={} hostName={} hub={} dataDir={}", endpoint_text(acceptor.local_endpoint()),
-              state->host_name, state->hub_name, options.data_dir.string());
+    log->info("event=Listening address={} hostName={} hub={} dataDir={} registry=\"{}\"",
+              endpoint_text(acceptor.local_endpoint()), state->host_name, state->hub_name, options.data_dir.string(),
+              state->reg->describe());
     state->ready = true;
     auto admin_listener = start_admin_listener(ioc, state);
 

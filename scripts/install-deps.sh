@@ -8,6 +8,8 @@ packages=(
   g++ cmake ninja-build ccache pkg-config git
   libboost1.81-dev libboost-json1.81-dev
   libssl-dev openssl libspdlog-dev libsqlite3-dev sqlite3 libcli11-dev libtomlplusplus-dev
+  libpq-dev                          # the PostgreSQL registry backend (--registry postgresql://), on libpq
+  postgresql-15                      # tests: a private PostgreSQL 15 server (initdb, postgres, psql, pg_isready)
   catch2 libssh2-1-dev openssh-server openssh-client python3
   curl                               # integration: the plain HTTP client of test_registry_rest
   iproute2 nftables

@@ -28,7 +28,7 @@ field() { dpkg-deb -f "$deb" "$1"; }
 [ -n "$(field Description)" ] || fail "no Description"
 depends=$(field Depends)
 depend_names=$(tr ',' '\n' <<<"$depends" | awk '{ print $1 }')
-for lib in libc6 libstdc++6 libssl3 libsqlite3-0 libboost-json1.81.0 libspdlog1.10-fmt9 passwd; do
+for lib in libc6 libstdc++6 libssl3 libsqlite3-0 libpq5 libboost-json1.81.0 libspdlog1.10-fmt9 passwd; do
     grep -q -x -F "$lib" <<<"$depend_names" || fail "Depends lacks $lib: $depends"
 done
 

@@ -896,6 +896,9 @@ std::optional<int> relay_fixture::stop(int sig, millis timeout) {
 
 run_result relay_fixture::admin(const std::vector<std::string>& args) {
     std::vector<std::string> argv = {bin::relay, "--data-dir", data_dir_.string()};
+    // Admin commands work on the relay's registry: a --registry URL among its options goes to them too.
+    for (std::size_t i = 0; i + 1 < config_.args.size(); ++i)
+        if (config_.args[i] == "--registry") argv.insert(argv.end(), {"--registry", config_.args[i + 1]});
     argv.insert(argv.end(), args.begin(), args.end());
     return run(argv);
 }
