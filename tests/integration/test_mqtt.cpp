@@ -439,3 +439,44 @@ TEST_CASE("mqtt: twin and method topics get a clean refusal, telemetry is droppe
     CHECK(contains(r.relay.relay().stderr_text(), "event=MqttSubscribeRefused device=sdk-dev"));
     CHECK(contains(r.relay.relay().stderr_text(), "event=MqttPublishIgnored device=sdk-dev"));
 }
+
+TEST_CASE("mqtt: an X.509 device connects with its certificate and no password, a stranger's certificate is CONNACK 5",
+          "[integration][mqtt]") {
+    mqtt_relay r;
+    const cert_files mine = make_self_signed(r.relay.dir().path(), "mqtt-x509", "mqtt-x509");
+    const cert_files stranger = make_self_signed(r.relay.dir().path(), "mqtt-x509-stranger", "mqtt-x509");
+    const std::string thumbprint = admin_ok(r.relay, {"certificate", "thumbprint", "--path", mine.cert.string()});
+    admin_ok(r.relay, {"device-identity", "create", "--device-id", "mqtt-x509", "--auth-method", "x509_thumbprint",
+                       "--primary-thumbprint", thumbprint});
+
+    CHECK(r.connack("mqtt-x509", {"--cert", stranger.cert.string(), "--key", stranger.key.string()}) == 5);
+    CHECK(r.connack("mqtt-x509", {}) == 5);  // neither password nor certificate
+    auto dev = r.device("mqtt-x509-device", "mqtt-x509", {"--cert", mine.cert.string(), "--key", mine.key.string()});
+    CHECK(contains(r.relay.relay().stderr_text(), "event=DeviceConnected device=mqtt-x509"));
+    CHECK(contains(r.relay.relay().stderr_text(), "auth=x509 protocol=mqtt"));
+
+    unique_fd fd;
+    auto svc = r.service("mqtt-x509", fd);
+    const bytes data = random_bytes(128 * 1024);
+    transfer_result t = transfer(fd.get(), data, {.receive_exactly = data.size(), .timeout = k_transfer_timeout});
+    INFO(svc->describe());
+    CHECK(t.ok());
+    CHECK(t.received_sha256 == sha256_hex(data));
+}
+
+TEST_CASE("mqtt: disabling a connected MQTT device cuts its connection, as for the control WebSocket",
+          "[integration][mqtt]") {
+    mqtt_relay r;
+    r.relay.create_device("revoked");
+    auto dev = r.device("mqtt-revoked", "revoked", {"--sas", r.device_sas("revoked")});
+    admin_ok(r.relay, {"device-identity", "update", "--device-id", "revoked", "--status", "disabled"});
+    CHECK(dev->wait_exit(k_fail_timeout).has_value());
+    INFO(dev->stdout_text());
+    CHECK(contains(dev->stdout_text(), "\"event\":\"disconnected\""));
+    const std::string log = r.relay.relay().stderr_text();
+    CHECK(contains(log, "event=DeviceRevoked device=revoked"));
+    CHECK(contains(log, "401003 IoTHubUnauthorized: device was disabled"));
+    CHECK(wait_until([&] { return device_state(r.relay, "revoked") == "Disconnected"; }, 10s, 100ms));
+    // And it cannot come back: CONNACK 5.
+    CHECK(r.connack("revoked", {"--sas", r.device_sas("revoked")}) == 5);
+}
