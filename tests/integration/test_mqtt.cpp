@@ -480,3 +480,18 @@ TEST_CASE("mqtt: disabling a connected MQTT device cuts its connection, as for t
     // And it cannot come back: CONNACK 5.
     CHECK(r.connack("revoked", {"--sas", r.device_sas("revoked")}) == 5);
 }
+
+TEST_CASE("mqtt: the TLS listener is off by default and on from a config file's mqtt-listen", "[integration][mqtt]") {
+    {
+        relay_fixture plain;
+        CHECK_FALSE(contains(plain.relay().stderr_text(), "endpoint=mqtt"));
+    }
+    temp_dir config_dir;
+    const std::string text = "mqtt-listen = \"127.0.0.1:0\"\n";
+    write_file(config_dir / "relay.toml", std::span<const unsigned char>(reinterpret_cast<const unsigned char*>(text.data()), text.size()));
+    relay_fixture relay{relay_config{{"--config", (config_dir / "relay.toml").string()}}};
+    const std::string address = wait_listening_address(relay.relay(), "event=Listening endpoint=mqtt");
+    INFO(relay.relay().describe());
+    REQUIRE_FALSE(address.empty());
+    CHECK(wait_for_port(std::stoi(address.substr(address.rfind(':') + 1))));
+}
