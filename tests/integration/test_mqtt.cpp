@@ -495,3 +495,31 @@ TEST_CASE("mqtt: the TLS listener is off by default and on from a config file's 
     REQUIRE_FALSE(address.empty());
     CHECK(wait_for_port(std::stoi(address.substr(address.rfind(':') + 1))));
 }
+
+TEST_CASE("mqtt: a full relay (--max-devices) answers CONNACK 3, and a device replacing itself still gets in",
+          "[integration][mqtt]") {
+    relay_fixture relay{relay_config{{"--mqtt-listen", "127.0.0.1:0", "--admin-listen", "off", "--max-devices", "1"}}};
+    const std::string address = wait_listening_address(relay.relay(), "event=Listening endpoint=mqtt");
+    REQUIRE_FALSE(address.empty());
+    const std::string port = address.substr(address.rfind(':') + 1);
+    const std::string host = relay_host(relay);
+    auto sas_for = [&](const std::string& id) {
+        return sas_token(host + "/devices/" + id, cs_field(relay.create_device(id), "SharedAccessKey"), "", unix_now() + 3600);
+    };
+    const std::string first_sas = sas_for("first");
+    const std::string second_sas = sas_for("second");
+    auto argv = [&](const std::string& id, const std::string& sas, const std::string& command) {
+        return std::vector<std::string>{k_python, k_mqtt_device_script, "--port", port, "--ca", relay.ca_file().string(),
+                                        "--host-name", host, "--device-id", id, "--sas", sas, command};
+    };
+    auto first = relay.spawn("mqtt-first", argv("first", first_sas, "device"));
+    REQUIRE(wait_until([&] { return contains(first->stdout_text(), "\"event\":\"suback\"") || !first->running(); },
+                       k_connect_timeout));
+    run_result other = run(argv("second", second_sas, "connect"));
+    INFO(other.out);
+    CHECK(contains(other.out, "\"event\":\"connack\",\"rc\":3"));
+    CHECK(contains(relay.relay().stderr_text(), "event=LimitHit limit=controlConnections device=second"));
+    run_result again = run(argv("first", first_sas, "connect"));  // replaces "first": the count stays 1
+    INFO(again.out);
+    CHECK(contains(again.out, "\"event\":\"connack\",\"rc\":0"));
+}
