@@ -84,7 +84,14 @@ struct tls_transport {
 struct ws_transport {
     wss_stream ws;
     asio::any_io_executor get_executor() { return ws.get_executor(); }
-    auto read_some(asio::mutable_buffer b) { return ws.async_read_some(b, use_nothrow); }
+    // MQTT over WebSockets is binary frames only (MQTT 3.1.1, 6.0): a text frame ends the session.
+    asio::awaitable<std::tuple<error_code, std::size_t>> read_some(asio::mutable_buffer b)
+    {
+        auto result = co_await ws.async_read_some(b, use_nothrow);
+        if (!std::get<0>(result) && ws.got_text())
+            co_return std::tuple<error_code, std::size_t>{websocket::error::bad_data_frame, 0};
+        co_return result;
+    }
     auto write(asio::const_buffer b) { return ws.async_write(b, use_nothrow); }
     SSL* ssl() { return ws.next_layer().native_handle(); }
     asio::awaitable<void> finish() { co_await ws.async_close(websocket::close_code::normal, use_nothrow); }
@@ -177,8 +184,11 @@ private:
         std::array<char, 4096> chunk;
         for (;;) {
             auto [ec, n] = co_await t_.read_some(asio::buffer(chunk));
-            if (ec)
+            if (ec) {
+                if (ec == websocket::error::bad_data_frame)
+                    refuse("a text WebSocket frame (MQTT travels in binary frames)");
                 co_return ec;
+            }
             if (closing_) // draining until the peer closes
                 continue;
             in.append(chunk.data(), n);

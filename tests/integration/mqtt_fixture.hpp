@@ -134,6 +134,20 @@ struct mqtt_relay {
 
 inline std::string hex_of(const std::string& s) { return to_hex_string(s); }
 inline std::string u16(std::size_t n) { return std::string{static_cast<char>(n >> 8), static_cast<char>(n & 0xff)}; }
+// A CONNECT packet (MQTT 3.1.1, clean session, user name and password), as hex.
+inline std::string connect_packet_hex(const std::string& client_id, const std::string& user, const std::string& password,
+                                      int keep_alive = 60) {
+    const std::string body = u16(4) + "MQTT" + std::string{4, static_cast<char>(0xC2)} + u16(keep_alive) +
+                             u16(client_id.size()) + client_id + u16(user.size()) + user + u16(password.size()) + password;
+    std::string length;
+    for (std::size_t n = body.size();;) {
+        const unsigned char digit = n % 128;
+        n /= 128;
+        length += static_cast<char>(digit | (n ? 0x80 : 0));
+        if (!n) break;
+    }
+    return hex_of("\x10" + length + body);
+}
 
 // Round trips of 64 KiB through a stream until stopped, every one checked: the stream beside.
 class steady_stream {

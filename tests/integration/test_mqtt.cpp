@@ -229,6 +229,30 @@ TEST_CASE("mqtt: over WebSockets at /$iothub/websocket on the main port: connect
     CHECK(t.ok());
     CHECK(t.received_sha256 == sha256_hex(data));
 
+    // By hand: the subprotocol is echoed, a CONNECT split over two binary messages is CONNACK 0,
+    // a text message closes the connection; without an upgrade the path is 400.
+    const std::string connect = connect_packet_hex("ws-dev", r.host + "/ws-dev/?api-version=2021-04-12",
+                                                   r.device_sas("ws-dev"));
+    auto w = wire_script(r.relay, {step({{"op", "connect"}}),
+                                   step({{"op", "upgrade"}, {"path", "/$iothub/websocket"},
+                                         {"headers", std::vector<std::string>{"Sec-WebSocket-Protocol: mqtt"}}}),
+                                   step({{"op", "ws_send"}, {"label", "half1"}, {"hex", connect.substr(0, 20)}}),
+                                   step({{"op", "ws_send"}, {"label", "half2"}, {"hex", connect.substr(20)}}),
+                                   step({{"op", "ws_recv"}, {"label", "connack"}}),
+                                   step({{"op", "ws_send"}, {"label", "text"}, {"type", "text"}, {"data", "hello"}}),
+                                   step({{"op", "wait_closed"}, {"label", "closed"}}),
+                                   step({{"op", "connect"}, {"conn", "plain"}}),
+                                   step({{"op", "request"}, {"conn", "plain"}, {"label", "get"},
+                                         {"path", "/$iothub/websocket"}})});
+    INFO(w.describe());
+    CHECK(w.at("upgrade").status() == 101);
+    CHECK(w.at("upgrade").get("h.sec-websocket-protocol") == "mqtt");
+    CHECK(w.at("connack").get("opcode") == "binary");
+    CHECK(w.at("connack").get("data_hex") == "20020000");
+    CHECK(w.at("closed").event() == "closed");
+    CHECK(w.at("get").status() == 400);
+    CHECK(wait_until([&] { return contains(r.relay.relay().stderr_text(), "a text WebSocket frame"); }, 10s));
+
     // A bad SAS over WebSockets: CONNACK 5 too.
     auto events = run({k_python, k_mqtt_device_script, "--port", argv_port, "--ca", r.relay.ca_file().string(),
                        "--host-name", r.host, "--device-id", "ws-dev", "--sas",
