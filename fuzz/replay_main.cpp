@@ -24,6 +24,7 @@ extern "C" int sg_fuzz_connection_string(const std::uint8_t*, std::size_t);
 extern "C" int sg_fuzz_sas_token(const std::uint8_t*, std::size_t);
 extern "C" int sg_fuzz_protocol(const std::uint8_t*, std::size_t);
 extern "C" int sg_fuzz_router(const std::uint8_t*, std::size_t);
+extern "C" int sg_fuzz_mqtt(const std::uint8_t*, std::size_t);
 
 namespace {
 
@@ -39,6 +40,7 @@ const target targets[] = {
     {"sas_token", sg_fuzz_sas_token},
     {"protocol", sg_fuzz_protocol},
     {"router", sg_fuzz_router},
+    {"mqtt", sg_fuzz_mqtt},
 };
 
 const target* find_target(const std::string& name)

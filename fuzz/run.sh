@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 
 seconds=${FUZZ_SECONDS:-20}
 build=${FUZZ_BUILD_DIR:-build-fuzz}
-read -r -a targets <<<"${FUZZ_TARGETS:-connection_string sas_token protocol router}"
+read -r -a targets <<<"${FUZZ_TARGETS:-connection_string sas_token protocol router mqtt}"
 
 skip() {
     echo "fuzz/run.sh: SKIPPED, no fuzzing done: $*"

@@ -205,6 +205,73 @@ def router_paths():
     ]
 
 
+def mqtt_streams():
+    """Byte streams a device might send the relay's MQTT endpoint (each a run of packets)."""
+    import struct
+
+    def string(x):
+        b = x.encode() if isinstance(x, str) else x
+        return struct.pack("!H", len(b)) + b
+
+    def length(n):
+        out = b""
+        while True:
+            d, n = n % 128, n // 128
+            out += bytes([d | (0x80 if n else 0)])
+            if not n:
+                return out
+
+    def packet(first, body):
+        return bytes([first]) + length(len(body)) + body
+
+    def connect(client_id, user=None, password=None, keepalive=60, flags=0x02, name="MQTT", level=4, will=None):
+        f = flags | (0x80 if user is not None else 0) | (0x40 if password is not None else 0) | (0x04 if will else 0)
+        body = string(name) + bytes([level, f]) + struct.pack("!H", keepalive) + string(client_id)
+        if will:
+            body += string(will[0]) + string(will[1])
+        if user is not None:
+            body += string(user)
+        if password is not None:
+            body += string(password)
+        return packet(0x10, body)
+
+    def subscribe(pid, *filters):
+        return packet(0x82, struct.pack("!H", pid) + b"".join(string(t) + bytes([q]) for t, q in filters))
+
+    def publish(topic, payload=b"", qos=0, pid=1):
+        body = string(topic) + (struct.pack("!H", pid) if qos else b"") + payload
+        return packet(0x30 | (qos << 1), body)
+
+    host = "relay.example.com"
+    user = host + "/dev1/?api-version=2021-04-12&DeviceClientType=iothubclient%2F1.11.0%20(native%3B%20Linux)"
+    sas = sas_token(f"{host}/devices/dev1")
+    hello = connect("dev1", user, sas, 240)
+    subs = subscribe(1, ("$iothub/streams/POST/#", 0), ("$iothub/streams/res/#", 0))
+    url = "wss%3A%2F%2Frelay.example.com%3A443%2Fbridges%2Fhub%2Fdev1%2Fabc"
+    request = publish(f"$iothub/streams/POST/TestStream/?$rid=1f&$url={url}&$auth=tok")
+    return [
+        hello + subs + publish("$iothub/streams/res/200/?$rid=1f") + bytes([0xC0, 0]) + bytes([0xE0, 0]),
+        hello + subs + publish("$iothub/streams/res/400/?$rid=1f", b"busy", qos=1, pid=7),
+        connect("dev1", user, None, 0) + subs,                              # X.509: no password
+        connect("dev1", "h/dev1/mod1/?api-version=1", sas),                 # a module
+        connect("dev1", "h/dev1", sas, will=("devices/dev1/messages/events/", "gone")),
+        connect("dev1", user, sas, name="MQIsdp", level=3),                 # MQTT 3.1
+        connect("dev1", user, sas, flags=0x03),                             # reserved flag
+        connect("dev1", None, sas),                                         # password, no user name
+        connect("de\u00e9v1", user, sas), connect(b"de\x00v", user, sas), connect(b"\xc0\xaf", user, sas),
+        request, subscribe(2, ("$iothub/twin/res/#", 0), ("$iothub/methods/POST/#", 1), ("devices/dev1/messages/devicebound/#", 1)),
+        packet(0xA2, struct.pack("!H", 3) + string("$iothub/streams/POST/#")),   # UNSUBSCRIBE
+        publish("$iothub/twin/GET/?$rid=2", b"", qos=1, pid=9), publish("devices/dev1/messages/events/", b"{}", qos=1),
+        publish("$iothub/streams/res/abc/?$rid=1"), publish("$iothub/streams/res/200/"), publish("a/#"),
+        bytes([0x40, 2, 0, 7]), bytes([0x20, 2, 0, 0]), bytes([0x90, 3, 0, 1, 0x80]), bytes([0xB0, 2, 0, 3]),
+        bytes([0xD0, 0]), bytes([0xC0, 0]) * 4, bytes([0xE0, 0]),
+        bytes([0x10, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]), bytes([0x30, 0x80, 0x80, 0x40]) + b"x" * 64,
+        bytes([0x80, 0]), bytes([0x00, 0]), bytes([0xF0, 0]), bytes([0x36, 0]), bytes([0x82, 2, 0, 0]),
+        bytes([0x82, 6, 0, 1, 0, 1, ord("t"), 3]), bytes([0x10]), bytes([0x10, 0x80]), b"",
+        user.encode(), "h/dev?1/".encode(), b"wss://relay.example.com/bridges/h/d/s", b"wss://[::1]/x",
+    ]
+
+
 def write(target, items):
     d = os.path.join(HERE, "corpus", target)
     os.makedirs(d, exist_ok=True)
@@ -223,3 +290,4 @@ if __name__ == "__main__":
     write("sas_token", sas_tokens())
     write("protocol", control_messages())
     write("router", router_paths())
+    write("mqtt", mqtt_streams())

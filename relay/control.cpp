@@ -21,8 +21,8 @@ void pending_answer::deliver(std::optional<protocol::stream_response_message> a)
     asio::post(timer->get_executor(), [t = timer] { t->cancel(); });
 }
 
-control_channel::control_channel(std::string device_id, std::string credential, std::shared_ptr<wss_stream> ws)
-    : device_id_(std::move(device_id)), credential_(std::move(credential)), link_(std::make_shared<control_link>(std::move(ws)))
+control_channel::control_channel(std::string device_id, std::string credential, const char* protocol)
+    : device_id_(std::move(device_id)), credential_(std::move(credential)), protocol_(protocol)
 {
 }
 
@@ -36,7 +36,7 @@ void control_channel::send_request(const protocol::stream_request_message& m, st
         }
         pending_.emplace(m.request_id, std::move(waiter));
     }
-    link_->send(protocol::serialize(m));
+    transmit(m);
 }
 
 void control_channel::forget_request(const std::string& request_id)
@@ -45,43 +45,21 @@ void control_channel::forget_request(const std::string& request_id)
     pending_.erase(request_id);
 }
 
-void control_channel::close(int code, std::string_view message)
+bool control_channel::deliver(protocol::stream_response_message answer)
 {
-    link_->close(websocket::close_reason(static_cast<websocket::close_code>(4000 + code % 1000), protocol::close_reason_text(code, message)));
-}
-
-void control_channel::on_message(std::string_view text, spdlog::logger& log)
-{
-    std::string error;
-    auto m = protocol::parse_stream_response(text, error);
-    if (!m) {
-        log.warn("device={} sent an invalid control message: {}", device_id_, error);
-        close(codes::bad_request, "invalid control message: " + error);
-        return;
-    }
     std::shared_ptr<pending_answer> waiter;
     {
         std::lock_guard lock(mutex_);
-        auto it = pending_.find(m->request_id);
+        auto it = pending_.find(answer.request_id);
         if (it != pending_.end()) {
             waiter = std::move(it->second);
             pending_.erase(it);
         }
     }
-    if (!waiter) {
-        // A late answer (after the timeout) or one to a request never sent: ignore it, keep the device.
-        log.info("device={} answered unknown or expired request", device_id_);
-        return;
-    }
-    waiter->deliver(std::move(*m));
-}
-
-asio::awaitable<error_code> control_channel::run(spdlog::logger& log)
-{
-    control_link::message_handler handler = [this, &log](std::string_view text) { on_message(text, log); };
-    auto ec = co_await link_->run(handler);
-    end();
-    co_return ec;
+    if (!waiter)
+        return false;
+    waiter->deliver(std::move(answer));
+    return true;
 }
 
 void control_channel::end()
@@ -94,6 +72,41 @@ void control_channel::end()
     }
     for (auto& [id, waiter] : orphans)
         waiter->deliver(std::nullopt);
+}
+
+ws_control_channel::ws_control_channel(std::string device_id, std::string credential, std::shared_ptr<wss_stream> ws)
+    : control_channel(std::move(device_id), std::move(credential), "websocket"),
+      link_(std::make_shared<control_link>(std::move(ws)))
+{
+}
+
+void ws_control_channel::transmit(const protocol::stream_request_message& m) { link_->send(protocol::serialize(m)); }
+
+void ws_control_channel::close(int code, std::string_view message)
+{
+    link_->close(websocket::close_reason(static_cast<websocket::close_code>(4000 + code % 1000), protocol::close_reason_text(code, message)));
+}
+
+void ws_control_channel::on_message(std::string_view text, spdlog::logger& log)
+{
+    std::string error;
+    auto m = protocol::parse_stream_response(text, error);
+    if (!m) {
+        log.warn("device={} sent an invalid control message: {}", device_id(), error);
+        close(codes::bad_request, "invalid control message: " + error);
+        return;
+    }
+    // A late answer (after the timeout) or one to a request never sent: ignore it, keep the device.
+    if (!deliver(std::move(*m)))
+        log.info("device={} answered unknown or expired request", device_id());
+}
+
+asio::awaitable<error_code> ws_control_channel::run(spdlog::logger& log)
+{
+    control_link::message_handler handler = [this, &log](std::string_view text) { on_message(text, log); };
+    auto ec = co_await link_->run(handler);
+    end();
+    co_return ec;
 }
 
 std::shared_ptr<control_channel> relay_state::find_device(const std::string& id)
@@ -201,72 +214,98 @@ asio::awaitable<void> serve_control(std::shared_ptr<relay_state> state, tls_stre
         co_await http::async_write(stream, res, use_nothrow);
         co_return;
     }
-    if (!state->find_device(r.device_id)) {
-        std::size_t connected = 0;
-        {
-            std::lock_guard lock(state->devices_mutex);
-            connected = state->devices.size();
-        }
-        if (connected >= state->options.max_control_connections) {
-            state->log->warn("event=LimitHit limit=controlConnections device={} peer={}", r.device_id, peer);
-            state->metrics.limit_hit("max_devices");
-            auto res = refuse(failure{codes::throttled, "too many connected devices on this relay"});
-            res.set(http::field::retry_after, "30");
-            res.keep_alive(false);
-            co_await http::async_write(stream, res, use_nothrow);
-            co_return;
-        }
+    if (auto f = state->admit_device(r.device_id, peer)) {
+        auto res = refuse(f);
+        res.set(http::field::retry_after, "30");
+        res.keep_alive(false);
+        co_await http::async_write(stream, res, use_nothrow);
+        co_return;
     }
     auto ws = std::make_shared<wss_stream>(std::move(stream));
     configure_control_websocket(*ws, beast::role_type::server, state->options.max_control_message);
     // The device counts as online before its 101 leaves: a service that learns it is connected
     // and asks for a stream at once finds the channel (requests queue until the link runs).
-    auto channel = std::make_shared<control_channel>(r.device_id, credential, ws);
-    std::shared_ptr<control_channel> replaced;
-    {
-        std::lock_guard lock(state->devices_mutex);
-        auto& slot = state->devices[r.device_id];
-        replaced = std::move(slot);
-        slot = channel;
-    }
-    auto unregister = [&] {
-        std::lock_guard lock(state->devices_mutex);
-        auto it = state->devices.find(r.device_id);
-        bool current = it != state->devices.end() && it->second == channel;
-        if (current)
-            state->devices.erase(it);
-        return current;
-    };
+    auto channel = std::make_shared<ws_control_channel>(r.device_id, credential, ws);
+    auto replaced = state->attach_device(channel);
     auto accepted = co_await ws->async_accept(req, use_nothrow);
     if (auto aec = std::get<0>(accepted)) {
-        unregister();
-        channel->end();
-        state->log->info("peer={} device={} control handshake failed: {}", peer, r.device_id, aec.message());
+        state->device_offline(channel, peer, false, "control handshake failed: " + aec.message());
         co_return;
     }
+    state->device_online(channel, std::move(replaced), peer);
+    auto ec = co_await channel->run(*state->log);
+    state->device_offline(channel, peer, true, is_benign(ec) ? "closed" : ec.message());
+}
+
+failure relay_state::admit_device(const std::string& device_id, const std::string& peer)
+{
+    if (find_device(device_id))
+        return {}; // replaces a connection: the count stays
+    std::size_t connected = 0;
+    {
+        std::lock_guard lock(devices_mutex);
+        connected = devices.size();
+    }
+    if (connected < options.max_control_connections)
+        return {};
+    log->warn("event=LimitHit limit=controlConnections device={} peer={}", device_id, peer);
+    metrics.limit_hit("max_devices");
+    return failure{codes::throttled, "too many connected devices on this relay"};
+}
+
+std::shared_ptr<control_channel> relay_state::attach_device(const std::shared_ptr<control_channel>& channel)
+{
+    std::lock_guard lock(devices_mutex);
+    auto& slot = devices[channel->device_id()];
+    auto replaced = std::move(slot);
+    slot = channel;
+    return replaced;
+}
+
+void relay_state::device_online(const std::shared_ptr<control_channel>& channel, std::shared_ptr<control_channel> replaced,
+                                const std::string& peer)
+{
+    const auto& id = channel->device_id();
     if (replaced) {
-        state->log->info("event=DeviceReplaced device={} reason=\"a newer control connection replaced this one\"", r.device_id);
+        log->info("event=DeviceReplaced device={} reason=\"a newer control connection replaced this one\" old={} new={}", id,
+                  replaced->protocol(), channel->protocol());
         replaced->close(codes::connection_replaced, "a newer connection for this device replaced this one");
     }
-    note_connection_state(*state, r.device_id, true);
-    state->metrics.device_connected();
-    state->log->info("event=DeviceConnected device={} peer={} auth={}", r.device_id, peer,
-                     credential.substr(0, credential.find(':')));
+    note_connection_state(*this, id, true);
+    metrics.device_connected();
+    const auto& credential = channel->credential();
+    log->info("event=DeviceConnected device={} peer={} auth={} protocol={}", id, peer,
+              credential.substr(0, credential.find(':')), channel->protocol());
     // A key renewed between authorization and now must not slip through.
     try {
-        state->revalidate_devices(r.device_id);
+        revalidate_devices(id);
     } catch (const std::exception& e) {
-        state->log->warn("event=RegistryUnavailable device={} task=revalidate reason=\"{}\"", r.device_id, e.what());
+        log->warn("event=RegistryUnavailable device={} task=revalidate reason=\"{}\"", id, e.what());
     }
+}
 
-    auto ec = co_await channel->run(*state->log);
-
-    if (unregister()) {
-        note_connection_state(*state, r.device_id, false);
-        state->abandon_device_streams(r.device_id);
+void relay_state::device_offline(const std::shared_ptr<control_channel>& channel, const std::string& peer, bool online,
+                                 std::string_view reason)
+{
+    const auto& id = channel->device_id();
+    bool current = false;
+    {
+        std::lock_guard lock(devices_mutex);
+        auto it = devices.find(id);
+        current = it != devices.end() && it->second == channel;
+        if (current)
+            devices.erase(it);
     }
-    state->log->info("event=DeviceDisconnected device={} peer={} reason=\"{}\"", r.device_id, peer,
-                     is_benign(ec) ? "closed" : ec.message());
+    channel->end();
+    if (!online) {
+        log->info("peer={} device={} {}", peer, id, reason);
+        return;
+    }
+    if (current) {
+        note_connection_state(*this, id, false);
+        abandon_device_streams(id);
+    }
+    log->info("event=DeviceDisconnected device={} peer={} protocol={} reason=\"{}\"", id, peer, channel->protocol(), reason);
 }
 
 asio::awaitable<http::response<http::string_body>> open_stream(std::shared_ptr<relay_state> state, const request_type& req,

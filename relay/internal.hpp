@@ -38,28 +38,51 @@ struct pending_answer {
     std::optional<protocol::stream_response_message> answer;
 };
 
-// The relay's end of one device's control connection.
+// The relay's end of one device's control connection, whichever protocol the device speaks: the
+// device map, stream creation and revocation see only this. Requests waiting for an answer live
+// here; a protocol delivers the device's answers and says how a request and a close go out.
 class control_channel : public std::enable_shared_from_this<control_channel> {
 public:
-    control_channel(std::string device_id, std::string credential, std::shared_ptr<wss_stream> ws);
+    control_channel(std::string device_id, std::string credential, const char* protocol);
+    virtual ~control_channel() = default;
     const std::string& device_id() const { return device_id_; }
     const std::string& credential() const { return credential_; }
+    const char* protocol() const { return protocol_; } // "websocket" or "mqtt", for logs
     const std::chrono::system_clock::time_point connected_at = std::chrono::system_clock::now();
+    // Thread-safe, like everything here.
     void send_request(const protocol::stream_request_message& m, std::shared_ptr<pending_answer> waiter);
     void forget_request(const std::string& request_id);
-    void close(int code, std::string_view message);
-    asio::awaitable<error_code> run(spdlog::logger& log);
+    // Ends the connection with an error code the device can see (as far as its protocol can say it).
+    virtual void close(int code, std::string_view message) = 0;
     // The connection is over (or never opened): requests still waiting get "device went away".
     void end();
 
+protected:
+    // Puts the request on the wire (queued behind what is being written).
+    virtual void transmit(const protocol::stream_request_message& m) = 0;
+    // The device answered: wakes the request's waiter; false when none waits (late or unknown id).
+    bool deliver(protocol::stream_response_message answer);
+
 private:
-    void on_message(std::string_view text, spdlog::logger& log);
     std::string device_id_;
     std::string credential_; // which key/certificate authorized it (a digest), to notice renewals
-    std::shared_ptr<control_link> link_;
+    const char* protocol_;
     std::mutex mutex_;
     std::unordered_map<std::string, std::shared_ptr<pending_answer>> pending_;
     bool closed_ = false;
+};
+
+// The control WebSocket (GET /devices/{id}/streams): JSON messages on a control_link.
+class ws_control_channel final : public control_channel {
+public:
+    ws_control_channel(std::string device_id, std::string credential, std::shared_ptr<wss_stream> ws);
+    void close(int code, std::string_view message) override;
+    asio::awaitable<error_code> run(spdlog::logger& log);
+
+private:
+    void transmit(const protocol::stream_request_message& m) override;
+    void on_message(std::string_view text, spdlog::logger& log);
+    std::shared_ptr<control_link> link_;
 };
 
 enum class stream_side { service, device };
@@ -106,12 +129,29 @@ struct relay_state {
     // Closes control connections whose device was deleted or disabled, or whose key or
     // certificate is no longer registered (all of them when device_id is empty).
     void revalidate_devices(const std::string& device_id = {});
+
+    // The steps every device connection takes, whatever its protocol (control.cpp):
+    // refused (429001) when a new device would exceed --max-devices;
+    failure admit_device(const std::string& device_id, const std::string& peer);
+    // routable from now on; returns the connection it replaces (closed by device_online);
+    std::shared_ptr<control_channel> attach_device(const std::shared_ptr<control_channel>& channel);
+    // the device knows it is connected: Connected in the registry, counted, logged;
+    void device_online(const std::shared_ptr<control_channel>& channel, std::shared_ptr<control_channel> replaced,
+                       const std::string& peer);
+    // the connection ended (or never opened): Disconnected unless a newer one replaced it, its
+    // waiting requests and unjoined streams given up. `online`: device_online ran.
+    void device_offline(const std::shared_ptr<control_channel>& channel, const std::string& peer, bool online,
+                        std::string_view reason);
 };
 
 // Entry points of the translation units.
 asio::awaitable<void> serve_connection(std::shared_ptr<relay_state> state, tcp::socket socket);
 asio::awaitable<void> serve_control(std::shared_ptr<relay_state> state, tls_stream stream, request_type req,
                                     route r, std::string peer);
+// MQTT: a TLS connection on --mqtt-listen, or a WebSocket upgrade of /$iothub/websocket (mqtt.cpp).
+asio::awaitable<void> serve_mqtt(std::shared_ptr<relay_state> state, tcp::socket socket, std::string peer);
+asio::awaitable<void> serve_mqtt_websocket(std::shared_ptr<relay_state> state, tls_stream stream, request_type req,
+                                           std::string peer);
 asio::awaitable<void> serve_bridge(std::shared_ptr<relay_state> state, tls_stream stream, request_type req, route r,
                                    std::string peer);
 asio::awaitable<http::response<http::string_body>> open_stream(std::shared_ptr<relay_state> state,

@@ -69,6 +69,11 @@ int main(int argc, char** argv)
     int ping_interval = 20;
     app.add_option("--ping-interval", ping_interval,
                    "Seconds of silence before a WebSocket peer is pinged; dead after two intervals")->capture_default_str();
+    options.mqtt_listen = "off";
+    app.add_option("--mqtt-listen", options.mqtt_listen,
+                   "MQTT 3.1.1 over TLS for unmodified IoT Hub device code, ADDR:PORT (8883 by convention; port 0 "
+                   "picks a free one; \"off\" = none). MQTT over WebSockets is always on the main port at /$iothub/websocket")
+        ->capture_default_str();
     auto* admin_listen = app.add_option("--admin-listen", options.admin_listen,
         "Plain-HTTP admin listener ADDR:PORT for /metrics, /healthz, /readyz and the status page (\"off\" = none)")->capture_default_str();
     app.add_flag("-v,--verbose", options.verbose, "Debug logging");

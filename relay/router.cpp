@@ -87,6 +87,8 @@ route match_route(std::string_view target)
         }
         return r;
     }
+    if (seg.size() == 2 && seg[0] == "$iothub" && seg[1] == "websocket")
+        return route{route_kind::mqtt_websocket};
     if (seg.size() == 2 && seg[0] == "devices")
         return with_device(route_kind::device, seg[1]);
     if (seg.size() == 1 && seg[0] == "devices")

@@ -9,6 +9,7 @@ enum class route_kind {
     create_stream,   // POST /twins/{deviceId}/streams/{streamName}
     device_control,  // GET  /devices/{deviceId}/streams        (WebSocket upgrade)
     bridge,          // GET  /bridges/{hub}/{deviceId}/{streamId} (WebSocket upgrade)
+    mqtt_websocket,  // GET  /$iothub/websocket                  (WebSocket upgrade, MQTT inside)
     device,          // GET|PUT|DELETE /devices/{deviceId}
     device_list,     // GET  /devices
     invalid,         // a path of a known shape with a bad part (reason says which)

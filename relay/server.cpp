@@ -220,6 +220,7 @@ asio::awaitable<http::response<http::string_body>> handle_rest(std::shared_ptr<r
         co_return error_response(req, r.reason == "invalid device id" ? codes::invalid_device_id : codes::bad_request, r.reason);
     case route_kind::device_control:
     case route_kind::bridge:
+    case route_kind::mqtt_websocket:
         co_return error_response(req, codes::bad_request, "this endpoint needs a WebSocket upgrade");
     case route_kind::not_found:
         break;
@@ -279,13 +280,16 @@ asio::awaitable<void> serve_connection(std::shared_ptr<relay_state> state, tcp::
         }
         request_type req = parser.release();
         route r = match_route(req.target());
-        if (websocket::is_upgrade(req) && (r.kind == route_kind::device_control || r.kind == route_kind::bridge)) {
+        if (websocket::is_upgrade(req) && (r.kind == route_kind::device_control || r.kind == route_kind::bridge ||
+                                           r.kind == route_kind::mqtt_websocket)) {
             tcp_layer.expires_never();
             // The WebSocket has buffers of its own: this one would sit idle for the connection's life.
             buffer.consume(buffer.size());
             buffer.shrink_to_fit();
             if (r.kind == route_kind::device_control)
                 co_await serve_control(state, std::move(stream), std::move(req), std::move(r), peer);
+            else if (r.kind == route_kind::mqtt_websocket)
+                co_await serve_mqtt_websocket(state, std::move(stream), std::move(req), peer);
             else
                 co_await serve_bridge(state, std::move(stream), std::move(req), std::move(r), peer);
             co_return;
@@ -317,7 +321,9 @@ namespace sg::relay {
 
 namespace {
 
-asio::awaitable<void> accept_loop(std::shared_ptr<relay_state> state, tcp::acceptor& acceptor, asio::io_context& ioc)
+// mqtt: the --mqtt-listen acceptor, whose connections speak MQTT over TLS.
+asio::awaitable<void> accept_loop(std::shared_ptr<relay_state> state, tcp::acceptor& acceptor, asio::io_context& ioc,
+                                  bool mqtt = false)
 {
     while (!state->stopping) {
         auto accepted = co_await acceptor.async_accept(asio::make_strand(ioc), use_nothrow);
@@ -345,7 +351,13 @@ asio::awaitable<void> accept_loop(std::shared_ptr<relay_state> state, tcp::accep
             }
         }
         auto ex = socket.get_executor();
-        asio::co_spawn(ex, serve_connection(state, std::move(socket)), asio::detached);
+        if (mqtt) {
+            error_code rec;
+            auto remote = socket.remote_endpoint(rec);
+            asio::co_spawn(ex, serve_mqtt(state, std::move(socket), rec ? "?" : endpoint_text(remote)), asio::detached);
+        } else {
+            asio::co_spawn(ex, serve_connection(state, std::move(socket)), asio::detached);
+        }
     }
 }
 
@@ -439,6 +451,23 @@ int run_relay(const relay_options& options)
         names.push_back(listen.host);
     state->auth = std::make_unique<authenticator>(*state->reg, names, options.clock_skew);
 
+    // MQTT over TLS for IoT Hub device code (mqtt.cpp); off unless --mqtt-listen names an address.
+    tcp::acceptor mqtt_acceptor(ioc);
+    if (!options.mqtt_listen.empty() && options.mqtt_listen != "off") {
+        auto mqtt_listen = parse_listen_address(options.mqtt_listen);
+        auto mqtt_address = mqtt_listen.host.empty() ? asio::ip::address_v6::any() : asio::ip::make_address(mqtt_listen.host, ec);
+        if (ec)
+            throw config_error("--mqtt-listen: \"" + mqtt_listen.host + "\" is not an IP address");
+        tcp::endpoint mqtt_endpoint(mqtt_address, mqtt_listen.port);
+        mqtt_acceptor.open(mqtt_endpoint.protocol());
+        mqtt_acceptor.set_option(tcp::acceptor::reuse_address(true));
+        mqtt_acceptor.bind(mqtt_endpoint, ec);
+        if (ec)
+            throw std::runtime_error("cannot listen on " + options.mqtt_listen + " (--mqtt-listen): " + ec.message());
+        mqtt_acceptor.listen(asio::socket_base::max_listen_connections);
+        asio::co_spawn(mqtt_acceptor.get_executor(), accept_loop(state, mqtt_acceptor, ioc, true), asio::detached);
+        log->info("event=Listening endpoint=mqtt address={}", endpoint_text(mqtt_acceptor.local_endpoint()));
+    }
     asio::co_spawn(acceptor.get_executor(), accept_loop(state, acceptor, ioc), asio::detached);
     asio::co_spawn(asio::make_strand(ioc), housekeeping(state), asio::detached);
 
@@ -451,12 +480,13 @@ int run_relay(const relay_options& options)
     graceful_stop stop;
     stop.drain_timeout = options.drain_timeout;
     stop.active = [state] { return static_cast<std::size_t>(state->active_streams.load()); };
-    stop.begin = [state, &acceptor, log](int signal) {
+    stop.begin = [state, &acceptor, &mqtt_acceptor, log](int signal) {
         log->info("event=ShuttingDown signal={} activeStreams={}", signal, state->active_streams.load());
         state->stopping = true;
-        asio::post(acceptor.get_executor(), [&acceptor] {
+        asio::post(acceptor.get_executor(), [&acceptor, &mqtt_acceptor] {
             error_code ignored;
             acceptor.close(ignored);
+            mqtt_acceptor.close(ignored);
         });
         std::vector<std::shared_ptr<control_channel>> channels;
         {

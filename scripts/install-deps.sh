@@ -18,6 +18,7 @@ packages=(
   tinyproxy                          # integration: the HTTP proxy of test_http_proxy
   xrdp freerdp2-x11 xvfb xauth       # integration: RDP through a tunnel (test_rdp)
   dpkg-dev file systemd              # package-check: dpkg-shlibdeps for CPack, systemd-analyze verify
+  python3-paho-mqtt mosquitto-clients  # integration: IoT Hub-style MQTT devices nobody here wrote (test_mqtt)
 )
 missing=()
 for p in "${packages[@]}"; do

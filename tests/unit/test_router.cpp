@@ -17,6 +17,7 @@ const char* kind_name(route_kind k)
     case route_kind::bridge: return "bridge";
     case route_kind::device: return "device";
     case route_kind::device_list: return "device_list";
+    case route_kind::mqtt_websocket: return "mqtt_websocket";
     case route_kind::invalid: return "invalid";
     case route_kind::not_found: return "not_found";
     }
@@ -76,6 +77,15 @@ TEST_CASE("router: bridge", "[router]")
     CHECK(r.stream_id == "AbC-123_x");
     CHECK(r.stream_name.empty());
     CHECK(r.reason.empty());
+}
+
+TEST_CASE("router: the MQTT-over-WebSocket endpoint", "[router]")
+{
+    CHECK(match_route("/$iothub/websocket").kind == route_kind::mqtt_websocket);
+    CHECK(match_route("/%24iothub/websocket?iothub-no-client-cert=true").kind == route_kind::mqtt_websocket);
+    require_not_found("/$iothub/websocket/x");
+    require_not_found("/$iothub");
+    require_not_found("/iothub/websocket");
 }
 
 TEST_CASE("router: device and device_list", "[router]")
