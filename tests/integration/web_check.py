@@ -45,7 +45,8 @@ class Page:
         end = min(self.deadline, time.monotonic() + timeout)
         value = None
         while time.monotonic() < end:
-            value = self.eval(expr)
+            # The page may still be loading: a missing element is "not yet", not a failure.
+            value = self.eval("(function(){try{return (%s);}catch(e){return null;}})()" % expr)
             if value:
                 return value
             time.sleep(0.1)

@@ -56,3 +56,10 @@ document.addEventListener('DOMContentLoaded', function () {
     if (want) play(want, want);
   }).catch(function (e) { $('message').textContent = e.message; });
 });
+
+// The text of a terminal's screen and scrollback, one string per line (tests read it).
+window.sgScreenLines = function (term) {
+  var lines = [], buf = term._core.buffer;
+  for (var i = 0; i < buf.lines.length; i++) lines.push(buf.translateBufferLineToString(i, true));
+  return lines;
+};
