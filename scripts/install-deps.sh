@@ -11,6 +11,8 @@ packages=(
   catch2 libssh2-1-dev openssh-server openssh-client python3
   iproute2 nftables
   chromium
+  libcrypt-dev                       # streamgate-web: yescrypt password hashes (crypt_r, crypt_gensalt_rn)
+  libjs-xterm node-xterm             # streamgate-web: xterm.js (node-xterm has the code, libjs-xterm the CSS and fit addon)
   clang libclang-rt-14-dev
   tinyproxy                          # integration: the HTTP proxy of test_http_proxy
   xrdp freerdp2-x11 xvfb xauth       # integration: RDP through a tunnel (test_rdp)

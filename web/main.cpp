@@ -139,7 +139,7 @@ int main(int argc, char** argv)
             o.tls_cert = tls_cert;
         if (!tls_key.empty())
             o.tls_key = tls_key;
-        o.idle_timeout = std::chrono::seconds(std::max(10, idle));
+        o.idle_timeout = std::chrono::seconds(std::max(1, idle));
         o.connect_timeout = std::chrono::seconds(std::clamp(connect_timeout, 1, 300));
         o.xterm_lib = xterm_lib;
         o.xterm_css = xterm_css;

@@ -155,3 +155,85 @@ TEST_CASE("web terminal: a browser logs in, opens SSH terminals to a device thro
         }
     std::cout << "[web] screenshots in " << SG_TEST_ARTIFACTS_DIR << "/web-*.png\n";
 }
+
+namespace {
+
+// Talks HTTPS to the gateway (verifying its certificate) and prints one OK line per check.
+const char* k_tls_check = R"py(
+import http.client, json, ssl, sys, time
+port, ca, user, password, idle = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
+ctx = ssl.create_default_context(cafile=ca)
+def req(method, path, body=None, cookie=""):
+    c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=20)
+    h = {"Cookie": cookie} if cookie else {}
+    if body is not None:
+        h["Content-Type"] = "application/json"
+    c.request(method, path, body=json.dumps(body) if body is not None else None, headers=h)
+    r = c.getresponse()
+    out = (r.status, r.read().decode(), r.getheader("Set-Cookie") or "", r.getheader("Content-Type") or "")
+    c.close()
+    return out
+status, body, cookie, _ = req("POST", "/api/login", {"user": user, "password": password})
+assert status == 200, (status, body)
+assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie, cookie
+print("OK secure-cookie")
+jar = cookie.split(";", 1)[0]
+status, body, _, _ = req("GET", "/api/me", cookie=jar)
+assert status == 200 and json.loads(body)["user"] == user, (status, body)
+print("OK https-session")
+status, body, _, ctype = req("GET", "/xterm/xterm.js")
+assert status == 200 and 'defs["public/Terminal"]' in body and ctype.startswith("text/javascript"), (status, ctype)
+print("OK xterm-from-debian")
+time.sleep(idle + 1.5)  # the idle timeout itself is what is tested: nothing to wait on but time
+status, body, _, _ = req("GET", "/api/me", cookie=jar)
+assert status == 401 and "idle" in body, (status, body)
+print("OK idle-logout")
+)py";
+
+}  // namespace
+
+TEST_CASE("web gateway: HTTPS with a Secure cookie, plain HTTP refused off loopback, idle logout",
+          "[integration][web]") {
+    relay_fixture relay;
+    const fs::path users = relay.dir() / "users.toml";
+    add_user(users, "carol", "carol-password-1", "*", false);
+    const std::string service_cs = relay.service_connection_string();
+
+    // Plain HTTP on a non-loopback address needs --allow-plain-http.
+    {
+        std::vector<std::string> argv = {SG_WEB_BIN, "--listen", "0.0.0.0:0", "--users", users.string(),
+                                         "--connection-string", service_cs, "--data-dir", (relay.dir() / "d1").string(),
+                                         "--recordings", (relay.dir() / "r1").string()};
+        run_result r = run(argv);
+        INFO(describe(argv, r));
+        CHECK(r.exit_code == 2);
+        CHECK(contains(r.err, "refusing plain HTTP on 0.0.0.0:0"));
+    }
+    const fs::path cert = relay.dir() / "web.crt", key = relay.dir() / "web.key";
+    {
+        std::vector<std::string> argv = {"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                                         "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key.string(),
+                                         "-out", cert.string(), "-days", "1", "-subj", "/CN=127.0.0.1",
+                                         "-addext", "subjectAltName=IP:127.0.0.1"};
+        run_result r = run(argv);
+        INFO(describe(argv, r));
+        REQUIRE(r.exit_code == 0);
+    }
+    std::unique_ptr<process> web = relay.spawn(
+        "web-tls", {SG_WEB_BIN, "--listen", "127.0.0.1:0", "--tls-cert", cert.string(), "--tls-key", key.string(),
+                    "--users", users.string(), "--connection-string", service_cs, "--ca-file",
+                    relay.ca_file().string(), "--data-dir", (relay.dir() / "d2").string(), "--recordings",
+                    (relay.dir() / "r2").string(), "--idle-timeout", "1"});
+    const std::string address = wait_listening_address(*web, "event=WebListening");
+    INFO(web->describe());
+    REQUIRE_FALSE(address.empty());
+    CHECK(contains(web->stderr_text(), "scheme=https"));
+    const std::string port = address.substr(address.rfind(':') + 1);
+    std::vector<std::string> argv = {"python3", "-c", k_tls_check, port, cert.string(), "carol", "carol-password-1", "1"};
+    run_result r = run(argv);
+    INFO(describe(argv, r));
+    CHECK(r.exit_code == 0);
+    for (const char* name : {"secure-cookie", "https-session", "xterm-from-debian", "idle-logout"})
+        CHECK(contains(r.out, std::string("OK ") + name + "\n"));
+    CHECK_FALSE(contains(web->stderr_text(), "carol-password-1"));
+}

@@ -64,7 +64,10 @@ class Page:
                 self.dev.call("Input.dispatchKeyEvent", {"type": "keyUp", "key": ch})
 
     def screenshot(self, path):
-        shot = self.dev.call("Page.captureScreenshot", {"format": "png"})
+        # The whole page, not only the viewport: every terminal panel is in the picture.
+        size = self.dev.call("Page.getLayoutMetrics")["cssContentSize"]
+        clip = {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 4000), "scale": 1}
+        shot = self.dev.call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip})
         with open(path, "wb") as f:
             f.write(base64.b64decode(shot["data"]))
         say("SCREENSHOT", path)
