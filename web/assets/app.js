@@ -111,7 +111,8 @@ function openTerminal(device, start) {
       t.message = m.message;
       status.textContent = m.ok ? 'closed' : m.message;
       status.className = 'status' + (m.ok ? '' : ' error');
-      if (!m.ok) term.write('\r\n\x1b[31m' + m.message + '\x1b[0m\r\n');
+      if (!m.ok && !t.session) screen.className = 'screen unused'; // never had a shell: the message says it all
+      else if (!m.ok) term.write('\r\n\x1b[31m' + m.message + '\x1b[0m\r\n');
     }
   };
   ws.onclose = function (ev) {
@@ -125,7 +126,8 @@ function openTerminal(device, start) {
     }).catch(function () { return 'the gateway is unreachable'; }).then(function (text) {
       t.phase = 'closed'; t.message = text;
       status.textContent = text; status.className = 'status error';
-      term.write('\r\n\x1b[31m' + text + '\x1b[0m\r\n');
+      if (!t.session) screen.className = 'screen unused';
+      else term.write('\r\n\x1b[31m' + text + '\x1b[0m\r\n');
     });
   };
   term.on('data', function (d) { if (ws.readyState === 1) ws.send(encoder.encode(d)); });
