@@ -2,6 +2,7 @@
 
 #include <sys/socket.h>
 #include <libssh2.h>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <stdexcept>
@@ -145,29 +146,75 @@ std::string ssh_terminal::host_key_blob() const
     return key ? std::string(key, len) : std::string{};
 }
 
+namespace {
+// keyboard-interactive with PAM (sshd's default on many systems) asks "Password:": every prompt
+// gets the password, as ssh does when the user types it.
+void answer_with_password(const char*, int, const char*, int, int num_prompts, const LIBSSH2_USERAUTH_KBDINT_PROMPT*,
+                          LIBSSH2_USERAUTH_KBDINT_RESPONSE* responses, void** abstract)
+{
+    auto* password = static_cast<const std::string*>(*abstract);
+    for (int i = 0; i < num_prompts; ++i) {
+        // libssh2 frees each response with its allocator (free by default).
+        responses[i].text = static_cast<char*>(std::malloc(password->size() + 1));
+        if (!responses[i].text) {
+            responses[i].length = 0;
+            continue;
+        }
+        std::memcpy(responses[i].text, password->c_str(), password->size() + 1);
+        responses[i].length = static_cast<unsigned>(password->size());
+    }
+}
+} // namespace
+
 asio::awaitable<std::string> ssh_terminal::authenticate(ssh_credentials& c, std::chrono::seconds timeout)
 {
     auto deadline = clock::now() + timeout;
+    // The methods the device offers (also starts the "none" round trip).
+    std::string methods;
+    for (;;) {
+        const char* list = libssh2_userauth_list(session_, c.user.data(), static_cast<unsigned>(c.user.size()));
+        if (list) {
+            methods = list;
+            break;
+        }
+        if (libssh2_userauth_authenticated(session_))
+            co_return std::string{};
+        if (libssh2_session_last_errno(session_) != LIBSSH2_ERROR_EAGAIN)
+            co_return last_error("the device did not list its SSH authentication methods");
+        if (co_await wait_socket(false, deadline) == woke::timeout)
+            co_return std::string("SSH authentication timed out");
+    }
+    bool keyboard = c.private_key.empty() && methods.find("password") == std::string::npos &&
+                    methods.find("keyboard-interactive") != std::string::npos;
+    void** abstract = libssh2_session_abstract(session_);
+    void* saved = *abstract;
+    *abstract = &c.password;
     int rc;
     for (;;) {
         if (!c.private_key.empty())
             rc = libssh2_userauth_publickey_frommemory(session_, c.user.data(), c.user.size(), nullptr, 0,
                                                        c.private_key.data(), c.private_key.size(),
                                                        c.passphrase.empty() ? nullptr : c.passphrase.c_str());
+        else if (keyboard)
+            rc = libssh2_userauth_keyboard_interactive_ex(session_, c.user.data(), static_cast<unsigned>(c.user.size()),
+                                                          answer_with_password);
         else
             rc = libssh2_userauth_password_ex(session_, c.user.data(), static_cast<unsigned>(c.user.size()),
                                               c.password.data(), static_cast<unsigned>(c.password.size()), nullptr);
         if (rc != LIBSSH2_ERROR_EAGAIN)
             break;
-        if (co_await wait_socket(false, deadline) == woke::timeout)
+        if (co_await wait_socket(false, deadline) == woke::timeout) {
+            *abstract = saved;
             co_return std::string("SSH authentication timed out");
+        }
     }
+    *abstract = saved;
     c.wipe();
     if (rc == LIBSSH2_ERROR_FILE || rc == LIBSSH2_ERROR_METHOD_NOT_SUPPORTED)
         co_return last_error("the private key could not be used");
     if (rc)
         co_return "SSH authentication failed for user " + c.user + " (wrong password or key, or the device does not "
-               "accept this method)";
+               "accept this method; it offers: " + methods + ")";
     co_return std::string{};
 }
 

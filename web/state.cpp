@@ -69,10 +69,16 @@ bool gateway_state::login_allowed(const std::string& user, const std::string& pe
 void gateway_state::login_failed(const std::string& user, const std::string& peer)
 {
     std::lock_guard lock(mutex_);
-    if (failures_.size() > 10000) // bounded: an attacker cycling names cannot grow it forever
-        failures_.clear();
-    failures_["u:" + user].push_back(clock::now());
-    failures_["a:" + peer].push_back(clock::now());
+    auto now = clock::now();
+    if (failures_.size() > 10000) { // bounded: an attacker cycling names cannot grow it forever
+        std::erase_if(failures_, [&](const auto& kv) {
+            return kv.second.empty() || now - kv.second.back() > std::chrono::minutes(1);
+        });
+        if (failures_.size() > 10000) // still full of fresh failures: forget names, keep addresses
+            std::erase_if(failures_, [](const auto& kv) { return kv.first.rfind("u:", 0) == 0; });
+    }
+    failures_["u:" + user].push_back(now);
+    failures_["a:" + peer].push_back(now);
 }
 
 std::optional<user> gateway_state::find_user(const std::string& name)
