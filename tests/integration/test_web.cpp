@@ -62,6 +62,14 @@ TEST_CASE("web terminal: a browser logs in, opens SSH terminals to a device thro
         REQUIRE(relay.wait_device_connected(id, *devices.back()));
     }
     relay.create_device("lab-off");  // registered, never connected
+    {
+        // lab-rej's SSH service points at a closed port: its device proxy rejects every stream.
+        const std::string cs = relay.create_device("lab-rej");
+        devices.push_back(relay.spawn("device-proxy-lab-rej",
+                                      {bin::device_proxy, "--ca-file", relay.ca_file().string(), cs, "--service",
+                                       "ssh=127.0.0.1:" + std::to_string(free_port())}));
+        REQUIRE(relay.wait_device_connected("lab-rej", *devices.back()));
+    }
 
     const fs::path users = relay.dir() / "users.toml";
     const std::string alice_pw = "alice-pw-" + sha256_hex(random_bytes(8)).substr(0, 12);
@@ -98,7 +106,7 @@ TEST_CASE("web terminal: a browser logs in, opens SSH terminals to a device thro
         "web-check", {"python3", SG_WEB_CHECK, "--chromium", *chromium, "--url", "http://" + address,
                       "--user", "alice", "--password", alice_pw, "--user2", "bob", "--password2", bob_pw,
                       "--device", "lab-1", "--offline-device", "lab-off", "--hidden-device", "other-1",
-                      "--changed-device", "lab-2", "--ssh-user", sshd.user(), "--ssh-key-file", sshd.user_key().string(),
+                      "--changed-device", "lab-2", "--rejecting-device", "lab-rej", "--ssh-user", sshd.user(), "--ssh-key-file", sshd.user_key().string(),
                       "--host-fingerprint", fingerprint, "--artifacts", SG_TEST_ARTIFACTS_DIR,
                       "--user-data-dir", profile.string(), "--timeout", "200"});
     bool done = wait_until([&] { return !checker->running(); }, 240s, 100ms);
@@ -108,7 +116,7 @@ TEST_CASE("web terminal: a browser logs in, opens SSH terminals to a device thro
     CHECK(checker->exit_code() == 0);
     for (const char* name : {"login", "device-list-online", "device-list-offline", "device-list-hides-other",
                              "host-key-shown", "terminal-echo", "terminal-resize", "second-terminal",
-                             "wrong-ssh-password", "device-offline", "host-key-changed", "device-forbidden",
+                             "wrong-ssh-password", "device-offline", "device-rejected", "host-key-changed", "device-forbidden",
                              "others-unaffected", "terminal-exit", "replay", "unknown-web-user", "wrong-web-password",
                              "second-user-login", "missing-csrf", "wrong-csrf", "terminal-without-csrf",
                              "terminal-forbidden-device", "recordings-admin-only", "session-unaffected",
@@ -127,6 +135,7 @@ TEST_CASE("web terminal: a browser logs in, opens SSH terminals to a device thro
     CHECK(contains(audit, R"("result":"ok")"));
     CHECK(contains(audit, "SSH authentication failed"));
     CHECK(contains(audit, "404103"));
+    CHECK(contains(audit, "device lab-rej rejected the stream"));
     CHECK(contains(audit, "HOST KEY CHANGED"));
     CHECK(contains(web->stderr_text(), "event=TerminalSession"));
 
@@ -153,6 +162,13 @@ TEST_CASE("web terminal: a browser logs in, opens SSH terminals to a device thro
             INFO(where);
             CHECK_FALSE(contains(text, secret));
         }
+    {
+        // What the user was shown for each refusal, for the test log.
+        std::istringstream lines(out);
+        std::string line;
+        while (std::getline(lines, line))
+            if (line.rfind("MESSAGE ", 0) == 0) std::cout << "[web] " << line << "\n";
+    }
     std::cout << "[web] screenshots in " << SG_TEST_ARTIFACTS_DIR << "/web-*.png\n";
 }
 

@@ -207,6 +207,7 @@ def browser_checks(a, page):
 
     refused("wrong-ssh-password", a.device, "SSH authentication failed", password="wrong-password")
     refused("device-offline", a.offline_device, "offline (404103 DeviceNotOnline)", use_key=key)
+    refused("device-rejected", a.rejecting_device, "device %s rejected the stream: " % a.rejecting_device, use_key=key)
     refused("host-key-changed", a.changed_device, "HOST KEY CHANGED", use_key=key)
     refused("device-forbidden", a.hidden_device, "may not reach device " + a.hidden_device + " (HTTP 403)", use_key=key)
     page.focus(t1)
@@ -292,7 +293,7 @@ def run(a):
 def main():
     p = argparse.ArgumentParser()
     for name in ["chromium", "url", "user", "password", "user2", "password2", "device", "offline-device",
-                 "hidden-device", "changed-device", "ssh-user", "ssh-key-file", "host-fingerprint", "artifacts",
+                 "hidden-device", "changed-device", "rejecting-device", "ssh-user", "ssh-key-file", "host-fingerprint", "artifacts",
                  "user-data-dir"]:
         p.add_argument("--" + name, required=True)
     p.add_argument("--timeout", type=float, default=150)
