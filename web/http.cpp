@@ -4,6 +4,8 @@
 // JSON status from the gateway and {"resize":[cols,rows]} from the browser).
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/json.hpp>
 #include "common/websocket.hpp"
@@ -106,8 +108,8 @@ asio::awaitable<void> read_browser(std::shared_ptr<gateway_state> state, std::sh
         if (std::get<0>(r))
             break;
         if (!state->find_session(session_token)) {
-            terminal->stop();
-            break; // logged out, or idle: the terminal ends with the web session
+            terminal->stop("the web session ended (logged out or idle)");
+            break;
         }
         std::string data = beast::buffers_to_string(buffer.data());
         if (ws->got_binary()) {
@@ -124,7 +126,27 @@ asio::awaitable<void> read_browser(std::shared_ptr<gateway_state> state, std::sh
             terminal->resize(static_cast<int>(std::clamp<std::int64_t>(size->as_array()[0].as_int64(), 2, 1000)),
                              static_cast<int>(std::clamp<std::int64_t>(size->as_array()[1].as_int64(), 2, 1000)));
     }
-    terminal->stop();
+    terminal->stop("closed by the browser");
+}
+
+// The terminal ends with its web session (logout, idle logout, user removed) even when no
+// keystroke comes to notice it; checking does not count as activity.
+template <class Stream>
+asio::awaitable<void> watch_session(std::shared_ptr<gateway_state> state, std::weak_ptr<ssh_terminal> weak,
+                                    std::string session_token)
+{
+    asio::steady_timer timer(co_await asio::this_coro::executor);
+    for (;;) {
+        timer.expires_after(std::chrono::seconds(1));
+        co_await timer.async_wait(use_nothrow);
+        auto terminal = weak.lock();
+        if (!terminal || terminal->stopped())
+            co_return;
+        if (!state->session_alive(session_token)) {
+            terminal->stop("the web session ended (logged out or idle)");
+            co_return;
+        }
+    }
 }
 
 template <class Stream>
@@ -160,6 +182,7 @@ asio::awaitable<void> serve_terminal(std::shared_ptr<gateway_state> state, Strea
     treq->device_id = admission.device;
     auto terminal = std::make_shared<ssh_terminal>(ws->get_executor());
     asio::co_spawn(ws->get_executor(), read_browser(state, ws, terminal, session_token), asio::detached);
+    asio::co_spawn(ws->get_executor(), watch_session<Stream>(state, terminal, session_token), asio::detached);
     co_await run_terminal(state, terminal, std::move(*treq), browser);
     co_await ws->async_close(websocket::close_code::normal, use_nothrow);
 }

@@ -67,6 +67,8 @@ public:
     // The live session (touching it), or nullopt when unknown or idle for too long.
     std::optional<web_session> find_session(const std::string& token);
     void end_session(const std::string& token);
+    // Whether the session still lives, without counting as activity.
+    bool session_alive(const std::string& token);
 
     // Login rate limit per user name and per client address (failures in the last minute).
     bool login_allowed(const std::string& user, const std::string& peer);

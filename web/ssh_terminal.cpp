@@ -260,8 +260,10 @@ void ssh_terminal::resize(int cols, int rows)
     signal();
 }
 
-void ssh_terminal::stop()
+void ssh_terminal::stop(const std::string& reason)
 {
+    if (!stopped_)
+        stop_reason_ = reason;
     stopped_ = true;
     signal();
     space_.cancel();
@@ -312,7 +314,7 @@ asio::awaitable<std::string> ssh_terminal::run(terminal_sink& sink)
         if (!progress && !stopped_)
             co_await wait_socket(true, clock::now() + idle);
     }
-    co_return std::string("closed by the browser");
+    co_return stop_reason_;
 }
 
 } // namespace sg::web

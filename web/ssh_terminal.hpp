@@ -61,7 +61,9 @@ public:
     // From the browser, on the terminal's strand. input() waits while the input buffer is full.
     boost::asio::awaitable<void> input(std::string data);
     void resize(int cols, int rows);
-    void stop();
+    // Ends run() with `reason` (the first reason given wins).
+    void stop(const std::string& reason);
+    bool stopped() const { return stopped_; }
     // Says goodbye to the device (best effort, without waiting) and ends the transport: the pump
     // sees the end of stream. libssh2's fd stays open (not reusable) until destruction.
     void shutdown_transport();
@@ -85,6 +87,7 @@ private:
     std::string pending_input_;
     int resize_cols_ = 0, resize_rows_ = 0;
     bool resize_pending_ = false, stopped_ = false;
+    std::string stop_reason_;
     std::uint64_t bytes_in_ = 0, bytes_out_ = 0;
 };
 

@@ -45,6 +45,13 @@ std::optional<web_session> gateway_state::find_session(const std::string& token)
     return it->second;
 }
 
+bool gateway_state::session_alive(const std::string& token)
+{
+    std::lock_guard lock(mutex_);
+    auto it = sessions_.find(sha256(token));
+    return it != sessions_.end() && clock::now() - it->second.last_seen <= opts.idle_timeout;
+}
+
 void gateway_state::end_session(const std::string& token)
 {
     std::lock_guard lock(mutex_);

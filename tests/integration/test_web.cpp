@@ -117,7 +117,7 @@ TEST_CASE("web terminal: a browser logs in, opens SSH terminals to a device thro
     for (const char* name : {"login", "device-list-online", "device-list-offline", "device-list-hides-other",
                              "host-key-shown", "terminal-echo", "terminal-resize", "second-terminal",
                              "wrong-ssh-password", "device-offline", "device-rejected", "host-key-changed", "device-forbidden",
-                             "others-unaffected", "terminal-exit", "replay", "unknown-web-user", "wrong-web-password",
+                             "others-unaffected", "terminal-exit", "replay", "logout-ends-terminals", "unknown-web-user", "wrong-web-password",
                              "second-user-login", "missing-csrf", "wrong-csrf", "terminal-without-csrf",
                              "terminal-forbidden-device", "recordings-admin-only", "session-unaffected",
                              "device-list-filtered", "logout", "logged-out", "login-rate-limit"})

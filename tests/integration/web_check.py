@@ -230,6 +230,17 @@ def browser_checks(a, page):
     check("replay", token in text and "30 100" in text, text[-500:])
     page.screenshot(os.path.join(a.artifacts, "web-replay.png"))
 
+    # Logging out (here without the page closing its terminals first) ends the open terminals.
+    page.dev.call("Page.navigate", {"url": a.url + "/"})
+    page.wait("the device list again", "!document.getElementById('app').hidden && "
+              "document.querySelectorAll('#devices tbody tr').length > 0")
+    t = page.open_terminal(a.device, a.ssh_user, key=key)
+    page.wait("the last terminal connected", "sgTerminals[%d].phase === 'connected'" % t, 30)
+    page.eval("api('POST', '/api/logout', {}); 1")
+    page.wait("the terminal ended by the logout", "sgTerminals[%d].phase === 'closed'" % t, 10)
+    msg = page.eval("sgTerminals[%d].message" % t)
+    check("logout-ends-terminals", "web session ended" in msg, msg)
+
 
 def http_checks(a):
     h = Http(a.port)
