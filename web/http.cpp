@@ -149,6 +149,18 @@ asio::awaitable<void> watch_session(std::shared_ptr<gateway_state> state, std::w
     }
 }
 
+// The browser sends its credentials at once; a connection that stays silent is closed.
+template <class Stream>
+asio::awaitable<void> close_if_silent(std::shared_ptr<asio::steady_timer> deadline,
+                                      std::shared_ptr<websocket::stream<Stream>> ws)
+{
+    auto waited = co_await deadline->async_wait(use_nothrow);
+    if (!std::get<0>(waited)) {
+        error_code ignored;
+        beast::get_lowest_layer(*ws).socket().close(ignored);
+    }
+}
+
 template <class Stream>
 asio::awaitable<void> serve_terminal(std::shared_ptr<gateway_state> state, Stream stream,
                                      http::request<http::string_body> upgrade, terminal_admission admission,
@@ -163,7 +175,10 @@ asio::awaitable<void> serve_terminal(std::shared_ptr<gateway_state> state, Strea
         co_return;
     ws_browser<Stream> browser(ws);
     beast::flat_buffer first;
+    auto deadline = std::make_shared<asio::steady_timer>(ws->get_executor(), std::chrono::seconds(30));
+    asio::co_spawn(ws->get_executor(), close_if_silent<Stream>(deadline, ws), asio::detached);
     auto r = co_await ws->async_read(first, use_nothrow);
+    deadline->cancel();
     if (std::get<0>(r))
         co_return;
     std::string error;
