@@ -109,14 +109,27 @@ asio::awaitable<ssh_terminal::woke> ssh_terminal::wait_socket(bool also_signal, 
     co_return r.index() == 0 ? woke::socket : woke::timeout;
 }
 
+asio::awaitable<std::string> ssh_terminal::setup_wait(clock::time_point deadline, const char* timed_out)
+{
+    // Also woken by stop(): a browser that leaves during the set-up does not wait for its deadline.
+    woke w = co_await wait_socket(true, deadline);
+    if (stopped_)
+        co_return stop_reason_;
+    if (w == woke::timeout)
+        co_return std::string(timed_out);
+    co_return std::string{};
+}
+
 asio::awaitable<std::string> ssh_terminal::handshake(std::chrono::seconds timeout)
 {
     auto deadline = clock::now() + timeout;
     int rc;
     while ((rc = libssh2_session_handshake(session_, static_cast<libssh2_socket_t>(ssh_side_->native_handle()))) ==
-           LIBSSH2_ERROR_EAGAIN)
-        if (co_await wait_socket(false, deadline) == woke::timeout)
-            co_return std::string("SSH handshake timed out (is sshd behind the device's ssh service?)");
+           LIBSSH2_ERROR_EAGAIN) {
+        std::string ended = co_await setup_wait(deadline, "SSH handshake timed out (is sshd behind the device's ssh service?)");
+        if (!ended.empty())
+            co_return ended;
+    }
     if (rc)
         co_return last_error("SSH handshake failed");
     co_return std::string{};
@@ -181,8 +194,9 @@ asio::awaitable<std::string> ssh_terminal::authenticate(ssh_credentials& c, std:
             co_return std::string{};
         if (libssh2_session_last_errno(session_) != LIBSSH2_ERROR_EAGAIN)
             co_return last_error("the device did not list its SSH authentication methods");
-        if (co_await wait_socket(false, deadline) == woke::timeout)
-            co_return std::string("SSH authentication timed out");
+        std::string ended = co_await setup_wait(deadline, "SSH authentication timed out");
+        if (!ended.empty())
+            co_return ended;
     }
     bool keyboard = c.private_key.empty() && methods.find("password") == std::string::npos &&
                     methods.find("keyboard-interactive") != std::string::npos;
@@ -203,9 +217,10 @@ asio::awaitable<std::string> ssh_terminal::authenticate(ssh_credentials& c, std:
                                               c.password.data(), static_cast<unsigned>(c.password.size()), nullptr);
         if (rc != LIBSSH2_ERROR_EAGAIN)
             break;
-        if (co_await wait_socket(false, deadline) == woke::timeout) {
+        std::string ended = co_await setup_wait(deadline, "SSH authentication timed out");
+        if (!ended.empty()) {
             *abstract = saved;
-            co_return std::string("SSH authentication timed out");
+            co_return ended;
         }
     }
     *abstract = saved;
@@ -224,19 +239,24 @@ asio::awaitable<std::string> ssh_terminal::open_shell(int cols, int rows, std::c
     while (!(channel_ = libssh2_channel_open_session(session_))) {
         if (libssh2_session_last_errno(session_) != LIBSSH2_ERROR_EAGAIN)
             co_return last_error("cannot open an SSH channel");
-        if (co_await wait_socket(false, deadline) == woke::timeout)
-            co_return std::string("opening the SSH channel timed out");
+        std::string ended = co_await setup_wait(deadline, "opening the SSH channel timed out");
+        if (!ended.empty())
+            co_return ended;
     }
     int rc;
     while ((rc = libssh2_channel_request_pty_ex(channel_, "xterm-256color", 14, nullptr, 0, cols, rows, 0, 0)) ==
-           LIBSSH2_ERROR_EAGAIN)
-        if (co_await wait_socket(false, deadline) == woke::timeout)
-            co_return std::string("the PTY request timed out");
+           LIBSSH2_ERROR_EAGAIN) {
+        std::string ended = co_await setup_wait(deadline, "the PTY request timed out");
+        if (!ended.empty())
+            co_return ended;
+    }
     if (rc)
         co_return last_error("the device refused a PTY");
-    while ((rc = libssh2_channel_shell(channel_)) == LIBSSH2_ERROR_EAGAIN)
-        if (co_await wait_socket(false, deadline) == woke::timeout)
-            co_return std::string("starting the shell timed out");
+    while ((rc = libssh2_channel_shell(channel_)) == LIBSSH2_ERROR_EAGAIN) {
+        std::string ended = co_await setup_wait(deadline, "starting the shell timed out");
+        if (!ended.empty())
+            co_return ended;
+    }
     if (rc)
         co_return last_error("the device refused a shell");
     co_return std::string{};

@@ -74,6 +74,8 @@ public:
 private:
     enum class woke { socket, signal, timeout };
     boost::asio::awaitable<woke> wait_socket(bool also_signal, std::chrono::steady_clock::time_point deadline);
+    // One wait of a set-up step: "" to try again, else why the step ends (timed out, stopped).
+    boost::asio::awaitable<std::string> setup_wait(std::chrono::steady_clock::time_point deadline, const char* timed_out);
     std::string last_error(const char* what) const;
     void signal();
 
