@@ -170,3 +170,44 @@ TEST_CASE("the browser's first terminal message needs a user and a password or k
     CHECK(error == "an SSH password or private key is required");
     CHECK_FALSE(parse_terminal_start("not json", error));
 }
+
+TEST_CASE("web sessions: random cookies, CSRF tokens, logout, and failed logins limited per name and address", "[web]")
+{
+    scratch_dir dir;
+    options o;
+    o.users_file = dir.path / "users.toml";
+    o.data_dir = dir.path;
+    o.recordings_dir = dir.path;
+    o.login_failures_per_minute = 3;
+    gateway_state state(o);
+    std::string csrf1, csrf2;
+    std::string t1 = state.create_session("alice", csrf1);
+    std::string t2 = state.create_session("alice", csrf2);
+    CHECK(t1 != t2);
+    CHECK(csrf1 != csrf2);
+    CHECK(t1.size() >= 43); // 32 random bytes
+    auto s1 = state.find_session(t1);
+    REQUIRE(s1);
+    CHECK(s1->user == "alice");
+    CHECK(s1->csrf == csrf1);
+    CHECK_FALSE(state.find_session(""));
+    CHECK_FALSE(state.find_session(t1 + "x"));
+    CHECK(state.session_alive(t2));
+    state.end_session(t1);
+    CHECK_FALSE(state.find_session(t1));
+    CHECK_FALSE(state.session_alive(t1));
+    CHECK(state.find_session(t2)); // the other session is untouched
+
+    CHECK(state.login_allowed("bob", "10.0.0.1"));
+    for (int i = 0; i < 3; ++i)
+        state.login_failed("bob", "10.0.0.1");
+    CHECK_FALSE(state.login_allowed("bob", "10.0.0.1"));
+    CHECK_FALSE(state.login_allowed("bob", "10.0.0.2")); // per name, from anywhere
+    CHECK(state.login_allowed("carol", "10.0.0.1"));     // the address has room (4 x 3)
+    for (int i = 0; i < 11; ++i)
+        state.login_failed("user" + std::to_string(i), "10.0.0.9");
+    CHECK(state.login_allowed("dave", "10.0.0.9")); // 11 of 12
+    state.login_failed("user11", "10.0.0.9");
+    CHECK_FALSE(state.login_allowed("dave", "10.0.0.9")); // 12 failures from one address
+    CHECK(state.login_allowed("dave", "10.0.0.3"));
+}
