@@ -7,6 +7,7 @@
 namespace sg::web {
 
 using clock = std::chrono::steady_clock;
+constexpr std::size_t max_sessions_per_user = 16;
 
 gateway_state::gateway_state(const options& o)
     : opts(o), tls(o.tls_cert.has_value()), log(make_logger("web", o.verbose)),
@@ -23,6 +24,21 @@ std::string gateway_state::create_session(const std::string& user, std::string& 
     auto now = clock::now();
     for (auto it = sessions_.begin(); it != sessions_.end();)
         it = now - it->second.last_seen > opts.idle_timeout ? sessions_.erase(it) : std::next(it);
+    // Bounded: a user logging in again and again keeps at most max_sessions_per_user, the least
+    // recently used go first.
+    for (;;) {
+        auto oldest = sessions_.end();
+        std::size_t count = 0;
+        for (auto it = sessions_.begin(); it != sessions_.end(); ++it)
+            if (it->second.user == user) {
+                ++count;
+                if (oldest == sessions_.end() || it->second.last_seen < oldest->second.last_seen)
+                    oldest = it;
+            }
+        if (count < max_sessions_per_user)
+            break;
+        sessions_.erase(oldest);
+    }
     sessions_[sha256(token)] = web_session{user, csrf_out, now};
     return token;
 }

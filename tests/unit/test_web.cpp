@@ -198,6 +198,16 @@ TEST_CASE("web sessions: random cookies, CSRF tokens, logout, and failed logins 
     CHECK_FALSE(state.session_alive(t1));
     CHECK(state.find_session(t2)); // the other session is untouched
 
+    // At most 16 sessions per user: the least recently used goes.
+    std::string first_csrf;
+    std::string first = state.create_session("erin", first_csrf);
+    for (int i = 0; i < 16; ++i) {
+        std::string c;
+        state.create_session("erin", c);
+    }
+    CHECK_FALSE(state.find_session(first));
+    CHECK(state.find_session(t2)); // another user's session stays
+
     CHECK(state.login_allowed("bob", "10.0.0.1"));
     for (int i = 0; i < 3; ++i)
         state.login_failed("bob", "10.0.0.1");
