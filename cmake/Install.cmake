@@ -2,11 +2,12 @@
 include(GNUInstallDirs)
 
 install(FILES README.md docs/ARCHITECTURE.md docs/PROTOCOL.md docs/SECURITY.md docs/PACKAGING.md
-              docs/CONTAINERS.md docs/CONFIGURATION.md docs/OPERATIONS.md
+              docs/CONTAINERS.md docs/CONFIGURATION.md docs/OPERATIONS.md docs/WEB.md
         DESTINATION ${CMAKE_INSTALL_DOCDIR})
 install(FILES examples/README.md DESTINATION ${CMAKE_INSTALL_DOCDIR} RENAME README.examples.md)
 install(FILES deploy/systemd/streamgate-relay.env deploy/systemd/streamgate-device-proxy.env
               deploy/config/relay.toml deploy/config/device-proxy.toml deploy/config/service-proxy.toml
+              deploy/config/web.toml
               deploy/grafana/streamgate-dashboard.json
         DESTINATION ${CMAKE_INSTALL_DOCDIR}/examples)
 
@@ -65,6 +66,8 @@ set(CPACK_DEBIAN_PACKAGE_HOMEPAGE "https://github.com/streamgate/streamgate")
 set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON)
 set(CPACK_DEBIAN_PACKAGE_DEPENDS "passwd")
 set(CPACK_DEBIAN_PACKAGE_SUGGESTS "openssh-server")
+# streamgate-web serves xterm.js from these packages (never vendored).
+set(CPACK_DEBIAN_PACKAGE_RECOMMENDS "node-xterm, libjs-xterm")
 set(CPACK_DEBIAN_PACKAGE_CONTROL_EXTRA
     "${CMAKE_CURRENT_SOURCE_DIR}/deploy/debian/conffiles"
     "${CMAKE_CURRENT_SOURCE_DIR}/deploy/debian/postinst"

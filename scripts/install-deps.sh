@@ -14,6 +14,8 @@ packages=(
   curl                               # integration: the plain HTTP client of test_registry_rest
   iproute2 nftables
   chromium
+  libcrypt-dev                       # streamgate-web: yescrypt password hashes (crypt_r, crypt_gensalt_rn)
+  libjs-xterm node-xterm             # streamgate-web: xterm.js (node-xterm has the code, libjs-xterm the CSS and fit addon)
   clang libclang-rt-14-dev
   tinyproxy                          # integration: the HTTP proxy of test_http_proxy
   xrdp freerdp2-x11 xvfb xauth       # integration: RDP through a tunnel (test_rdp)

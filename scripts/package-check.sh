@@ -47,7 +47,7 @@ listing=$(dpkg-deb -c "$deb")
 mode_of() { awk -v p="./${1#/}" '$6 == p { print $1 }' <<<"$listing"; }
 expected=(
     /usr/bin/streamgate-relay /usr/bin/streamgate-device-proxy /usr/bin/streamgate-service-proxy
-    /usr/bin/streamgate-echo-device /usr/bin/streamgate-echo-service
+    /usr/bin/streamgate-echo-device /usr/bin/streamgate-echo-service /usr/bin/streamgate-web
     /lib/systemd/system/streamgate-relay.service /lib/systemd/system/streamgate-device-proxy.service
     /lib/systemd/system/streamgate-device-proxy@.service /usr/lib/sysusers.d/streamgate.conf
     /etc/streamgate/relay.env /etc/streamgate/device-proxy.env
@@ -61,7 +61,7 @@ done
 if grep -q ' \./usr/local/' <<<"$listing"; then fail "files under /usr/local"; fi
 
 dpkg-deb -x "$deb" "$tmp/root"
-for bin in streamgate-relay streamgate-device-proxy streamgate-service-proxy; do
+for bin in streamgate-relay streamgate-device-proxy streamgate-service-proxy streamgate-web; do
     out=$("$tmp/root/usr/bin/$bin" --version) || fail "$bin --version exited $?"
     [ "$out" = "$bin $version" ] || fail "$bin --version printed '$out', expected '$bin $version'"
 done

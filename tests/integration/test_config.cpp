@@ -90,6 +90,7 @@ TEST_CASE("config: every example in deploy/config is read by its binary and roun
         {"service-proxy", bin::service_proxy},
         {"echo-device", bin::echo_device},
         {"echo-service", bin::echo_service},
+        {"web", SG_WEB_BIN},
     };
     std::vector<fs::path> examples;
     for (const auto& entry : fs::directory_iterator(SG_DEPLOY_CONFIG_DIR))
