@@ -147,10 +147,10 @@ TEST_CASE("postgres: a relay on --registry postgresql:// serves the admin CLI, e
     const auto& put = response(w, "put", 200);
     CHECK_FALSE(put.get("j.etag").empty());
     CHECK(response(w, "get", 200).get("j.etag") == put.get("j.etag"));
-    CHECK(response(w, "put-stale", 412).error_code() == 412002);
+    CHECK(response(w, "put-stale", 412).error_code() == 412001);
     const auto& current = response(w, "put-current", 200);
     CHECK(current.get("j.etag") != put.get("j.etag"));
-    CHECK(response(w, "delete-stale", 412).error_code() == 412002);
+    CHECK(response(w, "delete-stale", 412).error_code() == 412001);
     CHECK(response(w, "get-disabled", 200).get("j.status") == "disabled");
     // The admin CLI in another process sees the same device and etag.
     CHECK(contains(admin_ok(relay, {"device-identity", "show", "--device-id", "pg-rest"}),
