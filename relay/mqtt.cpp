@@ -331,7 +331,16 @@ private:
         device_identity device;
         std::string credential;
         const std::string authorization = c->password.value_or("");
-        if (auto f = state_->auth->authorize_device(authorization, c->client_id, &device, &certificate_, &credential)) {
+        failure f;
+        try {
+            f = state_->auth->authorize_device(authorization, c->client_id, &device, &certificate_, &credential);
+        } catch (const registry_unavailable& e) {
+            // As on the control WebSocket (503002): the device backs off and tries again.
+            state_->log->warn("event=RegistryUnavailable peer={} device={} endpoint=mqtt reason=\"{}\"", peer_,
+                              c->client_id, e.what());
+            return refuse_connect(mqtt::connack::server_unavailable, std::string(registry_unavailable_message));
+        }
+        if (f) {
             state_->metrics.auth_failed(auth_endpoint::control, f);
             return refuse_connect(mqtt::connack::not_authorized, f.describe(), "AuthFailed");
         }
