@@ -183,4 +183,18 @@ std::string to_lower(std::string_view text) {
     return out;
 }
 
+std::optional<std::string> query_value(std::string_view query, std::string_view name, bool plus_is_space) {
+    while (!query.empty()) {
+        auto amp = query.find('&');
+        auto pair = query.substr(0, amp);
+        auto eq = pair.find('=');
+        if (pair.substr(0, eq) == name)
+            return url_decode(eq == std::string_view::npos ? std::string_view{} : pair.substr(eq + 1), plus_is_space);
+        if (amp == std::string_view::npos)
+            break;
+        query.remove_prefix(amp + 1);
+    }
+    return std::nullopt;
+}
+
 } // namespace sg

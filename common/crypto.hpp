@@ -33,6 +33,9 @@ std::string random_token(std::size_t n = 32);
 std::string url_encode(std::string_view text, bool lower_case_hex = false);
 // Decodes %XX (and, when plus_is_space, '+'); nullopt on a malformed escape.
 std::optional<std::string> url_decode(std::string_view text, bool plus_is_space = false);
+// The value of `name` in a query string "a=1&b=2", decoded as url_decode does; nullopt when
+// absent or malformed.
+std::optional<std::string> query_value(std::string_view query, std::string_view name, bool plus_is_space = false);
 
 std::string to_lower(std::string_view text);
 

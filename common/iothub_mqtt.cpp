@@ -11,21 +11,6 @@ constexpr std::string_view response_prefix = "$iothub/streams/res/";
 constexpr std::size_t max_user_name = 1024;
 } // namespace
 
-std::optional<std::string> query_value(std::string_view query, std::string_view name)
-{
-    while (!query.empty()) {
-        auto amp = query.find('&');
-        auto pair = query.substr(0, amp);
-        auto eq = pair.find('=');
-        if (pair.substr(0, eq) == name)
-            return url_decode(eq == std::string_view::npos ? std::string_view{} : pair.substr(eq + 1));
-        if (amp == std::string_view::npos)
-            break;
-        query.remove_prefix(amp + 1);
-    }
-    return std::nullopt;
-}
-
 std::optional<iothub_user_name> parse_user_name(std::string_view user_name, std::string& error)
 {
     if (user_name.size() > max_user_name) {

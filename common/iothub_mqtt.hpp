@@ -40,8 +40,4 @@ std::string stream_response_topic(int status, std::string_view rid);
 // "wss://host/path" -> "wss://host:443/path"; a URL with a port (or not wss://) is returned as is.
 std::string with_explicit_port(std::string_view url);
 
-// The value of `name` in a query string "a=1&b=2" (percent-decoded); nullopt when absent or
-// malformed.
-std::optional<std::string> query_value(std::string_view query, std::string_view name);
-
 } // namespace sg::mqtt

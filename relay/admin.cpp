@@ -57,11 +57,9 @@ void audit(registry& reg, std::string action, std::string subject, std::string d
 // connection string alone.
 void hint_if_not_443(const std::string& host)
 {
-    auto colon = host.rfind(':');
-    bool has_port = colon != std::string::npos && (host.front() != '[' || host.find("]:") != std::string::npos);
-    if (!has_port)
+    if (!names_port(host))
         return;
-    std::cerr << "hint: HostName " << host << " names port " << host.substr(colon + 1)
+    std::cerr << "hint: HostName " << host << " names port " << host.substr(host.rfind(':') + 1)
               << "; Azure IoT SDK clients always connect to 443 and fail on a HostName with a port. For them, run "
                  "the relay with --listen 0.0.0.0:443, or behind a port-443 forwarder with --host-name NAME:443 "
                  "(see README, \"Azure IoT SDK clients\")\n";

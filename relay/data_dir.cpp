@@ -38,13 +38,20 @@ listen_address parse_listen_address(const std::string& text)
     return out;
 }
 
+bool names_port(const std::string& host)
+{
+    if (!host.empty() && host.front() == '[')
+        return host.find("]:") != std::string::npos;
+    return std::count(host.begin(), host.end(), ':') == 1; // more colons: a bare IPv6 literal
+}
+
+namespace {
 // "relay.example.com:443" -> "relay.example.com"; any other name as it is.
 std::string without_port_443(const std::string& host)
 {
-    bool bracketed = !host.empty() && host.front() == '[';
-    bool has_port = bracketed ? host.find("]:") != std::string::npos : std::count(host.begin(), host.end(), ':') == 1;
-    return has_port && host.ends_with(":443") ? host.substr(0, host.size() - 4) : host;
+    return names_port(host) && host.ends_with(":443") ? host.substr(0, host.size() - 4) : host;
 }
+} // namespace
 
 std::string public_host_name(const std::string& explicit_name, const std::string& listen_host, std::uint16_t port)
 {
@@ -55,11 +62,9 @@ std::string public_host_name(const std::string& explicit_name, const std::string
     }
     // A name given with its own port is kept as written, but for 443: connection strings never name
     // it (the Azure IoT SDKs take HostName as a bare host), e.g. behind a port-443 forwarder.
-    bool bracketed = host.front() == '[';
-    bool has_port = bracketed ? host.find("]:") != std::string::npos : std::count(host.begin(), host.end(), ':') == 1;
-    if (has_port)
+    if (names_port(host))
         return without_port_443(host);
-    if (!bracketed && host.find(':') != std::string::npos)
+    if (host.front() != '[' && host.find(':') != std::string::npos)
         host = "[" + host + "]";
     return port == 443 ? host : host + ":" + std::to_string(port);
 }

@@ -20,6 +20,8 @@ listen_address parse_listen_address(const std::string& text);
 
 // The HostName clients use: the explicit name, else the listen host (localhost for a wildcard),
 // with ":port" unless the port is 443.
+// "host:port" or "[v6]:port" (a bare IPv6 literal names no port).
+bool names_port(const std::string& host);
 std::string public_host_name(const std::string& explicit_name, const std::string& listen_host, std::uint16_t port);
 
 // Opens the registry --registry names: empty (the default) is <dir>/registry.db, created with the

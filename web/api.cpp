@@ -2,8 +2,8 @@
 // list and, for admins, the recordings. Every state-changing request needs the session's CSRF
 // token in X-CSRF-Token; POST bodies must be JSON (a cross-site form cannot send that).
 #include <fstream>
-#include <sstream>
 #include <boost/json.hpp>
+#include <sstream>
 #include "common/crypto.hpp"
 #include "web/internal.hpp"
 
@@ -31,18 +31,6 @@ std::string cookie(gateway_state& state, const std::string& value, bool clear)
     if (clear)
         c += "; Max-Age=0";
     return c;
-}
-
-std::optional<std::string> query_param(const std::string& query, const std::string& name)
-{
-    std::istringstream in(query);
-    std::string part;
-    while (std::getline(in, part, '&')) {
-        auto eq = part.find('=');
-        if (part.substr(0, eq) == name)
-            return url_decode(eq == std::string::npos ? "" : part.substr(eq + 1), true);
-    }
-    return std::nullopt;
 }
 
 // Same-origin check for requests a browser sends with an Origin header.
@@ -222,13 +210,13 @@ terminal_admission admit_terminal(gateway_state& state, const request& req)
         return a;
     }
     // A browser cannot set headers on a WebSocket upgrade: the token travels in the query.
-    auto token = query_param(req.query, "csrf");
+    auto token = query_value(req.query, "csrf", true);
     if (!token || !csrf_ok(*session, *token)) {
         state.log->warn("event=CsrfRejected user={} terminal", u->name);
         a.refused = error_reply(403, "missing or wrong CSRF token");
         return a;
     }
-    auto device = query_param(req.query, "device").value_or("");
+    auto device = query_value(req.query, "device", true).value_or("");
     if (device.empty() || !u->may_reach(device)) {
         state.log->warn("event=DeviceForbidden user={} device={}", u->name, device);
         a.refused = error_reply(403, "user " + u->name + " may not reach device " + device);

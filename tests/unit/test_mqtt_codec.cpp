@@ -1,11 +1,13 @@
 #include <catch2/catch.hpp>
 
+#include "common/crypto.hpp"
 #include "common/iothub_mqtt.hpp"
 #include "common/mqtt_codec.hpp"
 
 #include <string>
 
 using namespace sg::mqtt;
+using sg::query_value;
 using namespace std::string_literals;
 
 namespace {
