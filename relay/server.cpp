@@ -248,9 +248,8 @@ asio::awaitable<void> serve_connection(std::shared_ptr<relay_state> state, tcp::
     std::string peer = ec ? "?" : endpoint_text(remote);
     socket.set_option(tcp::no_delay(true), ec);
     tls_stream stream(std::move(socket), *state->tls);
-    auto& tcp_layer = beast::get_lowest_layer(stream);
     // One deadline covers TLS handshake and the first request: a client that stalls is cut off.
-    tcp_layer.expires_after(state->options.handshake_timeout);
+    stream.expires_after(state->options.handshake_timeout);
     auto [hec] = co_await stream.async_handshake(asio::ssl::stream_base::server, use_nothrow);
     if (hec) {
         state->log->info("event=HandshakeFailed peer={} reason=\"{}\"", peer, hec.message());
@@ -264,7 +263,7 @@ asio::awaitable<void> serve_connection(std::shared_ptr<relay_state> state, tcp::
         parser.header_limit(static_cast<std::uint32_t>(state->options.max_header_bytes));
         parser.body_limit(max_body_bytes);
         if (!first)
-            tcp_layer.expires_after(keep_alive_idle);
+            stream.expires_after(keep_alive_idle);
         auto [rec, n] = co_await http::async_read(stream, buffer, parser, use_nothrow);
         if (rec) {
             if (rec != http::error::end_of_stream && !is_benign(rec))
@@ -282,7 +281,7 @@ asio::awaitable<void> serve_connection(std::shared_ptr<relay_state> state, tcp::
         route r = match_route(req.target());
         if (websocket::is_upgrade(req) && (r.kind == route_kind::device_control || r.kind == route_kind::bridge ||
                                            r.kind == route_kind::mqtt_websocket)) {
-            tcp_layer.expires_never();
+            stream.expires_never();
             // The WebSocket has buffers of its own: this one would sit idle for the connection's life.
             buffer.consume(buffer.size());
             buffer.shrink_to_fit();
@@ -306,12 +305,12 @@ asio::awaitable<void> serve_connection(std::shared_ptr<relay_state> state, tcp::
             state->log->error("event=InternalError peer={} reason=\"{}\"", peer, e.what());
             res = error_response(req, codes::internal, "internal error");
         }
-        tcp_layer.expires_after(std::chrono::seconds(30));
+        stream.expires_after(std::chrono::seconds(30));
         auto [wec, wn] = co_await http::async_write(stream, res, use_nothrow);
         if (wec || !res.keep_alive())
             break;
     }
-    tcp_layer.expires_after(std::chrono::seconds(5));
+    stream.expires_after(std::chrono::seconds(5));
     co_await stream.async_shutdown(use_nothrow);
 }
 
