@@ -321,11 +321,12 @@ namespace sg::relay {
 namespace {
 
 // mqtt: the --mqtt-listen acceptor, whose connections speak MQTT over TLS.
-asio::awaitable<void> accept_loop(std::shared_ptr<relay_state> state, tcp::acceptor& acceptor, asio::io_context& ioc,
+asio::awaitable<void> accept_loop(std::shared_ptr<relay_state> state, tcp::acceptor& acceptor, io_pool& pool,
                                   bool mqtt = false)
 {
     while (!state->stopping) {
-        auto accepted = co_await acceptor.async_accept(asio::make_strand(ioc), use_nothrow);
+        // Each connection lives on one thread of the pool, in turn.
+        auto accepted = co_await acceptor.async_accept(asio::any_io_executor(pool.next().get_executor()), use_nothrow);
         auto& ec = std::get<0>(accepted);
         auto& socket = std::get<1>(accepted);
         if (ec) {
@@ -397,7 +398,8 @@ int run_relay(const relay_options& options)
     auto log = make_logger("relay", options.verbose);
     // Declared first so it is destroyed last: every socket the state still holds must go while
     // the io_context's services exist (destroying them later corrupted the heap at exit).
-    asio::io_context ioc(static_cast<int>(thread_count(options.threads)));
+    io_pool pool(thread_count(options.threads));
+    auto& ioc = pool.main();
     auto state = std::make_shared<relay_state>();
     state->options = options;
     state->log = log;
@@ -464,10 +466,10 @@ int run_relay(const relay_options& options)
         if (ec)
             throw std::runtime_error("cannot listen on " + options.mqtt_listen + " (--mqtt-listen): " + ec.message());
         mqtt_acceptor.listen(asio::socket_base::max_listen_connections);
-        asio::co_spawn(mqtt_acceptor.get_executor(), accept_loop(state, mqtt_acceptor, ioc, true), asio::detached);
+        asio::co_spawn(mqtt_acceptor.get_executor(), accept_loop(state, mqtt_acceptor, pool, true), asio::detached);
         log->info("event=Listening endpoint=mqtt address={}", endpoint_text(mqtt_acceptor.local_endpoint()));
     }
-    asio::co_spawn(acceptor.get_executor(), accept_loop(state, acceptor, ioc), asio::detached);
+    asio::co_spawn(acceptor.get_executor(), accept_loop(state, acceptor, pool), asio::detached);
     asio::co_spawn(asio::make_strand(ioc), housekeeping(state), asio::detached);
 
     log->info("event=Listening address={} hostName={} hub={} dataDir={} registry=\"{}\"",
@@ -496,7 +498,7 @@ int run_relay(const relay_options& options)
         for (auto& ch : channels)
             ch->close(codes::relay_shutting_down, "relay is shutting down");
     };
-    run_until_stopped(ioc, thread_count(options.threads), std::move(stop), *log);
+    pool.run(std::move(stop), *log);
     state->reg->mark_all_disconnected();
     return 0;
 }
