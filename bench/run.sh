@@ -172,7 +172,8 @@ report_exit() { # name pid: say so when a process ended by a crash rather than b
   wait "$2" 2>/dev/null || rc=$?
   case $rc in
     0|130|137|143) ;;
-    *) if [ "$rc" -gt 128 ]; then log "NOTE: $1 (pid $2) died of signal $((rc - 128)): $(tail -n 1 "$WORK/$1.err" 2>/dev/null | cut -c1-200)"; fi ;;
+    # 128+N is signal N (at most 64); an exit code above that is the process's own (ssh: 255).
+    *) if [ "$rc" -gt 128 ] && [ "$rc" -le 192 ]; then log "NOTE: $1 (pid $2) died of signal $((rc - 128)): $(tail -n 1 "$WORK/$1.err" 2>/dev/null | cut -c1-200)"; fi ;;
   esac
 }
 cleanup() {
