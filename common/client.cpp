@@ -4,7 +4,15 @@
 #include <boost/asio/ip/address.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/json.hpp>
+#include <atomic>
 #include <ctime>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include "common/crypto.hpp"
 #include "common/protocol.hpp"
 #include "common/proxy_tunnel.hpp"
@@ -82,6 +90,122 @@ proxy_settings process_proxy_settings;
 void set_proxy_settings(proxy_settings settings) { process_proxy_settings = std::move(settings); }
 const proxy_settings& current_proxy_settings() { return process_proxy_settings; }
 
+namespace {
+
+std::atomic<bool> warm_connections{false};
+// Well inside the relay's limit for a connection's first request (--handshake-timeout, 10 s).
+constexpr auto spare_lifetime = std::chrono::seconds(2);
+
+struct spare_key {
+    const void* tls; // connections of different contexts (a device's certificate) are not mixed
+    std::string host;
+    std::uint16_t port;
+    auto operator<=>(const spare_key&) const = default;
+};
+
+struct spare_pool {
+    std::mutex mutex;
+    // Weak: the coroutine that opened a spare owns it, so no connection outlives the io_context
+    // (a process ends with its io_context; a static pool would free sockets after it).
+    std::map<spare_key, std::weak_ptr<tls_stream>> ready;
+    std::set<spare_key> opening;
+};
+
+spare_pool& spares()
+{
+    static spare_pool pool;
+    return pool;
+}
+
+std::shared_ptr<tls_stream> take_spare(const spare_key& key)
+{
+    std::shared_ptr<tls_stream> stream;
+    {
+        auto& pool = spares();
+        std::lock_guard lock(pool.mutex);
+        auto it = pool.ready.find(key);
+        if (it != pool.ready.end()) {
+            stream = it->second.lock();
+            pool.ready.erase(it);
+        }
+    }
+    if (stream && !stream->idle_and_open())
+        stream.reset();
+    return stream;
+}
+
+asio::awaitable<void> keep_spare(ssl::context& tls, spare_key key)
+{
+    auto& pool = spares();
+    bool start = false;
+    {
+        std::lock_guard lock(pool.mutex);
+        start = !pool.ready.contains(key) && pool.opening.insert(key).second;
+    }
+    if (!start)
+        co_return;
+    auto connected = co_await connect_tls(tls, key.host, key.port, std::chrono::seconds(10));
+    std::shared_ptr<tls_stream> stream = std::get<1>(connected);
+    bool kept = false;
+    {
+        std::lock_guard lock(pool.mutex);
+        pool.opening.erase(key);
+        if (stream && !pool.ready.contains(key)) {
+            stream->expires_never();
+            pool.ready[key] = stream;
+            kept = true;
+        }
+    }
+    if (!kept)
+        co_return;
+    auto ex = co_await asio::this_coro::executor;
+    asio::steady_timer timer(ex, spare_lifetime);
+    co_await timer.async_wait(use_nothrow);
+    bool unused = false;
+    {
+        std::lock_guard lock(pool.mutex);
+        auto it = pool.ready.find(key);
+        if (it != pool.ready.end() && it->second.lock() == stream) {
+            pool.ready.erase(it);
+            unused = true;
+        }
+    }
+    if (unused)
+        drop_connection(*stream);
+}
+
+// A connection for a stream: the spare one when there is one.
+asio::awaitable<std::pair<failure, std::shared_ptr<tls_stream>>>
+connect_for_stream(ssl::context& tls, const std::string& host, std::uint16_t port, bool& was_spare)
+{
+    was_spare = false;
+    if (warm_connections) {
+        std::shared_ptr<tls_stream> spare = take_spare(spare_key{&tls, host, port});
+        if (spare) {
+            auto ex = co_await asio::this_coro::executor;
+            spare->rebind(ex);
+            was_spare = true;
+            co_return std::pair{failure{}, spare};
+        }
+    }
+    auto connected = co_await connect_tls(tls, host, port, std::chrono::seconds(30));
+    co_return connected;
+}
+
+// After a stream's request or join went through (its connection has read the relay's session
+// ticket, so the next handshake resumes): a connection for the next stream.
+asio::awaitable<void> open_spare_for_next(ssl::context& tls, const std::string& host, std::uint16_t port)
+{
+    if (!warm_connections)
+        co_return;
+    auto ex = co_await asio::this_coro::executor;
+    asio::co_spawn(ex, keep_spare(tls, spare_key{&tls, host, port}), asio::detached);
+}
+
+} // namespace
+
+void set_warm_connections(bool on) { warm_connections = on; }
+
 asio::awaitable<std::pair<failure, std::shared_ptr<tls_stream>>>
 connect_tls(ssl::context& tls, std::string host, std::uint16_t port, std::chrono::seconds timeout)
 {
@@ -136,12 +260,6 @@ create_stream(ssl::context& tls, const connection_string& service, stream_reques
     stream_response response;
     response.stream_name = request.stream_name;
     auto total = request.connect_timeout + request.response_timeout + std::chrono::seconds(10);
-    auto connected = co_await connect_tls(tls, service.host(), service.port(), std::chrono::seconds(30));
-    auto& cf = std::get<0>(connected);
-    auto& stream = std::get<1>(connected);
-    if (cf)
-        co_return std::pair{cf, response};
-
     http::request<http::empty_body> req{http::verb::post,
                                         "/twins/" + url_encode(request.device_id) + "/streams/" +
                                             url_encode(request.stream_name) + "?api-version=2020-09-30",
@@ -155,18 +273,39 @@ create_stream(ssl::context& tls, const connection_string& service, stream_reques
     req.set("iothub-streaming-response-timeout-in-seconds", std::to_string(request.response_timeout.count()));
     req.content_length(0);
 
-    stream->expires_after(total);
-    auto [wec, wn] = co_await http::async_write(*stream, req, use_nothrow);
-    if (wec)
-        co_return std::pair{local_failure("cannot send the stream request: " + wec.message()), response};
-
+    std::shared_ptr<tls_stream> stream;
     beast::flat_buffer buffer;
-    http::response_parser<http::string_body> parser;
-    parser.body_limit(64 * 1024);
-    auto [rec, rn] = co_await http::async_read(*stream, buffer, parser, use_nothrow);
-    if (rec)
+    std::optional<http::response_parser<http::string_body>> parser;
+    for (int attempt = 0;; ++attempt) {
+        bool was_spare = false;
+        auto connected = co_await connect_for_stream(tls, service.host(), service.port(), was_spare);
+        if (std::get<0>(connected))
+            co_return std::pair{std::get<0>(connected), response};
+        stream = std::get<1>(connected);
+        stream->expires_after(total);
+        auto written = co_await http::async_write(*stream, req, use_nothrow);
+        error_code wec = std::get<0>(written), rec;
+        parser.emplace();
+        parser->body_limit(64 * 1024);
+        buffer.clear();
+        if (!wec) {
+            auto read = co_await http::async_read(*stream, buffer, *parser, use_nothrow);
+            rec = std::get<0>(read);
+            if (!rec) {
+                co_await open_spare_for_next(tls, service.host(), service.port());
+                break;
+            }
+        }
+        // A connection opened ahead that the relay closed meanwhile: once more on a new one.
+        if (was_spare && attempt == 0 && !parser->got_some()) {
+            drop_connection(*stream);
+            continue;
+        }
+        if (wec)
+            co_return std::pair{local_failure("cannot send the stream request: " + wec.message()), response};
         co_return std::pair{local_failure("no answer from the relay: " + rec.message()), response};
-    auto& res = parser.get();
+    }
+    auto& res = parser->get();
     bool accepted = res.result() == http::status::ok && res["iothub-streaming-is-accepted"] == "True";
     if (accepted && res.keep_alive() && buffer.size() == 0) {
         response.connection = stream;
@@ -239,15 +378,22 @@ connect_stream(ssl::context& tls, stream_response& response)
     }
     if (!parsed)
         co_return std::pair{local_failure("the relay answered an invalid streaming URL"), nullptr};
-    if (!stream) {
-        auto connected = co_await connect_tls(tls, parsed->host, parsed->port, std::chrono::seconds(30));
-        auto& cf = std::get<0>(connected);
-        if (cf)
-            co_return std::pair{cf, nullptr};
-        stream = std::get<1>(connected);
+    if (stream) {
+        auto joined = co_await join_stream(stream, *parsed, response.authorization_token);
+        co_return joined;
     }
-    auto joined = co_await join_stream(stream, *parsed, response.authorization_token);
-    co_return joined;
+    for (int attempt = 0;; ++attempt) {
+        bool was_spare = false;
+        auto connected = co_await connect_for_stream(tls, parsed->host, parsed->port, was_spare);
+        if (std::get<0>(connected))
+            co_return std::pair{std::get<0>(connected), nullptr};
+        auto joined = co_await join_stream(std::get<1>(connected), *parsed, response.authorization_token);
+        if (std::get<1>(joined))
+            co_await open_spare_for_next(tls, parsed->host, parsed->port);
+        // A connection opened ahead that the relay closed meanwhile: once more on a new one.
+        if (std::get<1>(joined) || !was_spare || attempt > 0)
+            co_return joined;
+    }
 }
 
 } // namespace sg::client

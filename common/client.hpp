@@ -46,6 +46,12 @@ struct stream_response {
 void set_proxy_settings(proxy_settings settings);
 const proxy_settings& current_proxy_settings();
 
+// Streams that come one after another start with a connection opened ahead: after each stream's
+// connection to the relay, another one is opened (TCP and TLS handshake done) and kept for two
+// seconds, for the next stream. Idle processes open nothing. Process-wide, off until set (the
+// proxies and the web gateway turn it on).
+void set_warm_connections(bool on);
+
 // Opens a TLS connection to host:port, trying every address the name resolves to; through the
 // proxy of current_proxy_settings() when it applies to host (the proxy then resolves the name).
 // SNI and certificate verification are against host either way.

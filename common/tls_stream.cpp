@@ -124,6 +124,7 @@ struct tls_stream::impl {
     bool eof = false;             // the peer ended the TCP stream
     bool background_flush = false; // output left by a read (an alert, a key update) is being sent
     std::optional<asio::steady_timer> deadline;
+    bool deadline_armed = false;
     bool timed_out = false;
 };
 
@@ -356,15 +357,31 @@ void tls_stream::verify_host(const std::string& host)
         X509_VERIFY_PARAM_set1_host(param, host.c_str(), host.size());
 }
 
+bool tls_stream::idle_and_open()
+{
+    auto& s = *impl_;
+    if (s.fd() < 0)
+        return false;
+    char byte;
+    std::size_t n = 0;
+    ERR_clear_error();
+    int rc = SSL_read_ex(s.ssl, &byte, 1, &n);
+    bool open = rc != 1 && SSL_get_error(s.ssl, rc) == SSL_ERROR_WANT_READ;
+    ERR_clear_error();
+    return open;
+}
+
 void tls_stream::expires_after(std::chrono::steady_clock::duration d)
 {
     if (!impl_->deadline)
         impl_->deadline.emplace(impl_->socket().get_executor());
     impl_->deadline->expires_after(d);
+    impl_->deadline_armed = true;
     impl_->deadline->async_wait([weak = std::weak_ptr<impl>(impl_)](error_code ec) {
         auto s = weak.lock();
         if (ec || !s)
             return;
+        s->deadline_armed = false;
         s->timed_out = true;
         error_code ignored;
         s->socket().close(ignored);
@@ -373,6 +390,7 @@ void tls_stream::expires_after(std::chrono::steady_clock::duration d)
 
 void tls_stream::expires_never()
 {
+    impl_->deadline_armed = false;
     if (impl_->deadline)
         impl_->deadline->cancel();
 }
@@ -383,7 +401,7 @@ void tls_stream::rebind(const executor_type& ex)
     if (ex == s.transport->get_executor())
         return;
     std::optional<std::chrono::steady_clock::time_point> expiry;
-    if (s.deadline && s.deadline->expiry() != asio::steady_timer::time_point{}) {
+    if (s.deadline && s.deadline_armed) {
         expiry = s.deadline->expiry();
         s.deadline->cancel();
     }

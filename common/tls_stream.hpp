@@ -44,6 +44,10 @@ public:
     SSL* native_handle();
     // Client side: the relay's certificate must name host (a DNS name or an IP literal).
     void verify_host(const std::string& host);
+    // For a connection kept idle after its handshake: reads what has arrived without waiting
+    // (TLS 1.3 session tickets) and says whether the peer may still take a request: true unless
+    // it closed, failed or sent data nobody asked for. No operation may be pending.
+    bool idle_and_open();
 
     // Every operation after the call fails with beast::error::timeout (and the connection is
     // closed) once the time is up, as beast::tcp_stream's.

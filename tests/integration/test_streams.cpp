@@ -185,8 +185,11 @@ TEST_CASE("streams: the service proxy joins through its request's connection and
     INFO(tail(log, 4000));
     // Device proxy: its control connection, then one connection per stream; service proxy: one
     // per stream, carrying the POST and then the WebSocket join (three per stream without reuse).
-    CHECK(count_of(log, " resumed=") == 1 + 2 * streams);
+    // Each proxy may also hold one connection opened ahead for a next stream.
+    const auto handshakes = count_of(log, " resumed=");
+    CHECK(handshakes >= 1 + 2 * streams);
+    CHECK(handshakes <= 3 + 2 * streams);
     // Every handshake but each client's first resumes a session.
-    CHECK(count_of(log, " resumed=true") == 2 * streams - 1);
+    CHECK(count_of(log, " resumed=true") == handshakes - 2);
     CHECK(count_of(log, "event=StreamEstablished") == streams);
 }
