@@ -90,6 +90,7 @@ int main(int argc, char** argv)
         o.max_backoff = std::chrono::seconds(max_backoff);
         o.backoff_reset = std::chrono::seconds(backoff_reset);
         sg::client::set_proxy_settings(proxy.resolve());
+        sg::client::set_warm_connections(true);
         sg::set_default_liveness(sg::liveness{std::chrono::seconds(30), std::chrono::seconds(std::max(1, ping_interval))});
         if (sg::cli::print_config_requested(app)) {
             std::cout << sg::cli::effective_config(app);

@@ -83,6 +83,7 @@ int main(int argc, char** argv)
         o.response_timeout = std::chrono::seconds(std::clamp(response_timeout, 1, 300));
         o.drain_timeout = std::chrono::seconds(std::max(0, drain));
         sg::client::set_proxy_settings(proxy.resolve());
+        sg::client::set_warm_connections(true);
         sg::set_default_liveness(sg::liveness{std::chrono::seconds(30), std::chrono::seconds(std::max(1, ping_interval))});
         if (sg::cli::print_config_requested(app)) {
             std::cout << sg::cli::effective_config(app);
