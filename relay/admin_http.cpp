@@ -9,6 +9,7 @@
 #include "common/connection_string.hpp"
 #include "common/http_server.hpp"
 #include "common/prometheus.hpp"
+#include "relay/cluster.hpp"
 #include "relay/internal.hpp"
 
 namespace sg::relay {
@@ -177,6 +178,9 @@ http_reply handle(admin_context& ctx, const std::string& target)
             return {503, "text/plain; charset=utf-8", "draining\n", {}};
         if (!state.ready)
             return {503, "text/plain; charset=utf-8", "starting\n", {}};
+        // Cluster mode: a node without a valid lease takes no new streams; send clients elsewhere.
+        if (auto cluster = state.cluster; cluster && cluster->fenced())
+            return {503, "text/plain; charset=utf-8", "fenced\n", {}};
         return {200, "text/plain; charset=utf-8", "ready\n", {}};
     }
     if (path == "/api/status")

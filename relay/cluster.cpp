@@ -300,8 +300,12 @@ private:
             for (auto& [id, c] : claims_)
                 held.emplace_back(id, c.channel);
         }
-        for (auto& [id, weak] : held)
+        std::vector<std::string> ids;
+        for (auto& [id, weak] : held) {
             settle_claim(id, weak, store_->reclaim(id, self_.node_id, self_.epoch));
+            ids.push_back(id);
+        }
+        store_->release_all_but(ids, self_.node_id, self_.epoch);
         log_->info("event=PresenceRepublished node={} devices={}", self_.node_id, held.size());
     }
 

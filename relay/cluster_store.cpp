@@ -116,6 +116,19 @@ void cluster_store::release(const std::string& device, const std::string& node_i
               "release a device");
 }
 
+void cluster_store::release_all_but(const std::vector<std::string>& held, const std::string& node_id,
+                                    const std::string& epoch)
+{
+    // A text[] literal: device ids hold no quote, backslash or brace-breaking character that
+    // needs more than double quotes (device_id.hpp's character rules).
+    std::string array = "{";
+    for (const auto& id : held)
+        array += (array.size() > 1 ? ",\"" : "\"") + id + "\"";
+    array += "}";
+    db_->exec("DELETE FROM presence WHERE node_id = $1 AND epoch = $2 AND NOT (device_id = ANY($3::text[]))",
+              {node_id, epoch, array}, "drop released devices");
+}
+
 std::optional<cluster_node_record> cluster_store::find_home(const std::string& device)
 {
     std::lock_guard lock(lookup_mutex_);

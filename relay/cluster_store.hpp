@@ -68,13 +68,16 @@ public:
     std::optional<std::int64_t> reclaim(const std::string& device, const std::string& node_id, const std::string& epoch);
     // The connection ended: the row goes if it is still this node's.
     void release(const std::string& device, const std::string& node_id, const std::string& epoch);
+    // Drops this node's rows for every device but `held` (releases lost while the database was away).
+    void release_all_but(const std::vector<std::string>& held, const std::string& node_id, const std::string& epoch);
 
     // The live node holding `device`, if any (a separate connection behind a mutex: safe from
     // any thread, one round trip).
     std::optional<cluster_node_record> find_home(const std::string& device);
 
     // LISTENs on presence_channel (on a third connection) and reads what arrived without
-    // blocking; false when that connection is lost (notifications sent meanwhile are gone).
+    // blocking. False when it had to LISTEN anew (the first call, or after the connection was
+    // lost: notifications sent meanwhile are gone); throws when the server cannot be reached.
     bool poll_claims(std::vector<presence_claim>& out);
 
 private:

@@ -304,3 +304,50 @@ TEST_CASE("cluster: the cluster listener refuses requests not signed with the cl
     INFO(main_port.describe());
     CHECK(main_port.at("m").status() == 404);
 }
+
+TEST_CASE("cluster: a node that cannot renew its lease fences itself, and serves again when the database is back",
+          "[integration][postgres][cluster]") {
+    cluster c("2");
+    echo_server target;
+    const std::string device_cs = c.n2.create_device("cl-fence");
+    auto proxy = device_proxy(c.n1, "device-proxy", device_cs, target.port(), {c.relay_arg(c.n1)});
+    REQUIRE(c.n1.wait_device_connected("cl-fence", *proxy));
+    REQUIRE(c.wait_home("cl-fence", "n1"));
+    const bytes secret = base64_decode(trim(c.pg.psql("cluster", "SELECT secret FROM cluster_secret")));
+    const std::string body = R"({"deviceId":"cl-fence","streamName":"TestStream","connectTimeout":5,"responseTimeout":5})";
+    auto signed_request = [&] {
+        const std::string now = std::to_string(unix_now());
+        return cluster_wire(c.n1, {
+            step({{"op", "connect"}, {"conn", "c"}}),
+            step({{"op", "request"}, {"label", "offer"}, {"conn", "c"}, {"method", "POST"},
+                  {"path", "/cluster/v1/streams"},
+                  {"headers", std::vector<std::string>{"x-streamgate-node: n2", "x-streamgate-to: n1",
+                                                       "x-streamgate-time: " + now,
+                                                       "Authorization: StreamgateCluster " +
+                                                           cluster_signature(secret, "n2", "n1", now, body)}},
+                  {"body", body}}),
+        });
+    };
+
+    c.pg.stop("immediate");
+    const bool fenced = wait_until([&] { return contains(c.n1.relay().stderr_text(), "event=Fenced node=n1"); }, 10s);
+    INFO(tail(c.n1.relay().stderr_text(), 3000));
+    REQUIRE(fenced);
+    {
+        // Asked for a stream to its own device, the fenced node refuses (it may be dead to the others).
+        wire_result w = signed_request();
+        INFO(w.describe());
+        CHECK(w.at("offer").status() == 503);
+        CHECK(w.at("offer").error_code() == 503001);
+    }
+    CHECK(proxy->running());
+    CHECK_FALSE(contains(proxy->stderr_text(), "400027"));  // its devices stay connected
+
+    c.pg.start();
+    // Unlogged tables are empty after the crash: the node joins again and claims its devices anew.
+    CHECK(wait_until([&] { return contains(c.n1.relay().stderr_text(), "event=Unfenced node=n1"); }, 20s));
+    CHECK(c.wait_home("cl-fence", "n1", 20s));
+    CHECK(wait_until([&] { return contains(c.n1.relay().stderr_text(), "event=PresenceRepublished node=n1"); }, 10s));
+    expect_echo(c.n2, c.service_cs(c.n2), "cl-fence", 64 * 1024);
+    CHECK_FALSE(contains(proxy->stderr_text(), "400027"));
+}

@@ -97,6 +97,14 @@ TEST_CASE("cluster store: leases, claims and presence", "[registry][postgres][cl
     CHECK_FALSE(a.find_home("dev"));
     CHECK(pg.psql("cluster", "SELECT count(*) FROM presence") == "0\n");
 
+    // After an outage a node keeps the rows of the devices it still holds, and only those.
+    for (const char* id : {"kept", "gone", "odd,(id)=@$"})
+        REQUIRE(b.claim(id, "n1", "e3"));
+    b.release_all_but({"kept", "odd,(id)=@$"}, "n1", "e3");
+    CHECK(pg.psql("cluster", "SELECT device_id FROM presence ORDER BY device_id") == "kept\nodd,(id)=@$\n");
+    b.release_all_but({}, "n1", "e3");
+    CHECK(pg.psql("cluster", "SELECT count(*) FROM presence") == "0\n");
+
     // Leaving removes the node and its presence at once.
     b.claim("dev2", "n2", "e2");
     CHECK(b.find_home("dev2"));
