@@ -1,7 +1,6 @@
 #include "common/client.hpp"
 
 #include <boost/asio/connect.hpp>
-#include <boost/asio/ssl/host_name_verification.hpp>
 #include <boost/asio/ip/address.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/json.hpp>
@@ -102,7 +101,8 @@ connect_tls(ssl::context& tls, std::string host, std::uint16_t port, std::chrono
 
     auto stream = std::make_shared<tls_stream>(ex, tls);
     auto& tcp_layer = beast::get_lowest_layer(*stream);
-    tcp_layer.expires_after(timeout);
+    tcp_layer.expires_after(timeout); // the TCP connect
+    stream->expires_after(timeout);   // and the TLS handshake
     // Every address is tried in turn: "localhost" may give ::1 first while the relay listens on 127.0.0.1.
     auto connected = co_await tcp_layer.async_connect(endpoints, use_nothrow);
     auto& cec = std::get<0>(connected);
@@ -117,7 +117,7 @@ connect_tls(ssl::context& tls, std::string host, std::uint16_t port, std::chrono
 
     if (!is_ip_literal(host) && !SSL_set_tlsext_host_name(stream->native_handle(), host.c_str()))
         co_return std::pair{local_failure("cannot set TLS server name"), nullptr};
-    stream->set_verify_callback(ssl::host_name_verification(host));
+    stream->verify_host(host);
     offer_session(stream->native_handle(), host, port);
     auto [hec] = co_await stream->async_handshake(ssl::stream_base::client, use_nothrow);
     if (hec) {
@@ -155,7 +155,7 @@ create_stream(ssl::context& tls, const connection_string& service, stream_reques
     req.set("iothub-streaming-response-timeout-in-seconds", std::to_string(request.response_timeout.count()));
     req.content_length(0);
 
-    beast::get_lowest_layer(*stream).expires_after(total);
+    stream->expires_after(total);
     auto [wec, wn] = co_await http::async_write(*stream, req, use_nothrow);
     if (wec)
         co_return std::pair{local_failure("cannot send the stream request: " + wec.message()), response};

@@ -21,7 +21,7 @@ void configure_common(wss_stream& ws, beast::role_type role, const liveness& l)
     t.keep_alive_pings = true;
     ws.set_option(t);
     ws.set_option(websocket::permessage_deflate{}); // off: compression costs 40x throughput
-    beast::get_lowest_layer(ws).expires_never();    // the websocket timeouts take over
+    ws.next_layer().expires_never();                // the websocket timeouts take over
     (void)role;
 }
 } // namespace

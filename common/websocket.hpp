@@ -9,9 +9,9 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core.hpp>
-#include <boost/beast/ssl.hpp>
 #include <boost/beast/websocket.hpp>
 #include "common/liveness.hpp"
+#include "common/tls_stream.hpp"
 
 namespace sg {
 
@@ -21,7 +21,6 @@ namespace websocket = boost::beast::websocket;
 using tcp = boost::asio::ip::tcp;
 using boost::system::error_code;
 
-using tls_stream = beast::ssl_stream<beast::tcp_stream>;
 using wss_stream = websocket::stream<tls_stream>;
 
 // Completion token for coroutines that inspect errors instead of catching exceptions.

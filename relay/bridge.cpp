@@ -14,7 +14,8 @@ const char* side_name(stream_side s) { return s == stream_side::service ? "servi
 
 // Finds the stream, checks the token against the side it belongs to and marks it used.
 failure claim_side(relay_state& state, const route& r, std::string_view authorization,
-                   std::shared_ptr<pending_stream>& stream, stream_side& side)
+                   std::shared_ptr<pending_stream>& stream, stream_side& side, const asio::any_io_executor& here,
+                   asio::any_io_executor& home)
 {
     constexpr std::string_view bearer = "Bearer ";
     if (authorization.substr(0, bearer.size()) != bearer)
@@ -35,6 +36,9 @@ failure claim_side(relay_state& state, const route& r, std::string_view authoriz
     if (joined)
         return failure{codes::unauthorized, "token was already used"};
     joined = true;
+    if (!s.home)
+        s.home = here;
+    home = s.home;
     side = is_service ? stream_side::service : stream_side::device;
     stream = it->second;
     return {};
@@ -97,6 +101,10 @@ asio::awaitable<void> run_pair(std::shared_ptr<relay_state> state, std::shared_p
                      *idle ? "idle timeout" : result.error ? result.error.message() : "ok");
 }
 
+// The rest of a join, on the stream's home thread.
+asio::awaitable<void> join_side(std::shared_ptr<relay_state> state, tls_stream stream, request_type req, route r,
+                                std::string peer, std::shared_ptr<pending_stream> s, stream_side side);
+
 } // namespace
 
 asio::awaitable<void> serve_bridge(std::shared_ptr<relay_state> state, tls_stream stream, request_type req, route r,
@@ -104,7 +112,9 @@ asio::awaitable<void> serve_bridge(std::shared_ptr<relay_state> state, tls_strea
 {
     std::shared_ptr<pending_stream> s;
     stream_side side{};
-    if (auto f = claim_side(*state, r, req[http::field::authorization], s, side)) {
+    auto here = co_await asio::this_coro::executor;
+    asio::any_io_executor home;
+    if (auto f = claim_side(*state, r, req[http::field::authorization], s, side, here, home)) {
         state->log->warn("event=AuthFailed peer={} device={} endpoint=bridge streamId={} code={} reason=\"{}\"", peer,
                          r.device_id, r.stream_id, f.code, f.message);
         state->metrics.auth_failed(auth_endpoint::bridge, f);
@@ -113,6 +123,22 @@ asio::awaitable<void> serve_bridge(std::shared_ptr<relay_state> state, tls_strea
         co_await http::async_write(stream, res, use_nothrow);
         co_return;
     }
+    if (home != here) {
+        // The other side's connection lives on another thread: this one moves there, so the pump
+        // reads and writes both without handing a byte between threads.
+        stream.rebind(home);
+        co_await asio::co_spawn(home, join_side(state, std::move(stream), std::move(req), std::move(r), std::move(peer), s, side),
+                                asio::use_awaitable);
+        co_return;
+    }
+    co_await join_side(state, std::move(stream), std::move(req), std::move(r), std::move(peer), s, side);
+}
+
+namespace {
+
+asio::awaitable<void> join_side(std::shared_ptr<relay_state> state, tls_stream stream, request_type req, route r,
+                                std::string peer, std::shared_ptr<pending_stream> s, stream_side side)
+{
     auto ws = std::make_shared<wss_stream>(std::move(stream));
     configure_stream_websocket(*ws, beast::role_type::server);
     auto [aec] = co_await ws->async_accept(req, use_nothrow);
@@ -172,5 +198,7 @@ asio::awaitable<void> serve_bridge(std::shared_ptr<relay_state> state, tls_strea
     }
     // Otherwise the side that joined second runs the pump with this connection.
 }
+
+} // namespace
 
 } // namespace sg::relay

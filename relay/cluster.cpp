@@ -446,9 +446,8 @@ private:
         out.keep_alive(false);
         out.prepare_payload();
 
-        auto& tcp_layer = beast::get_lowest_layer(*stream);
         auto left = budget - std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started);
-        tcp_layer.expires_after(std::max<std::chrono::steady_clock::duration>(left, std::chrono::seconds(1)));
+        stream->expires_after(std::max<std::chrono::steady_clock::duration>(left, std::chrono::seconds(1)));
         auto [wec, wn] = co_await http::async_write(*stream, out, use_nothrow);
         if (wec)
             co_return give_up("cannot send the request: " + wec.message());
@@ -460,7 +459,7 @@ private:
             co_return give_up(rec == beast::error::timeout ? "no answer in " + std::to_string(budget.count()) + "s"
                                                            : "no answer: " + rec.message());
         error_code ignored;
-        tcp_layer.socket().shutdown(tcp::socket::shutdown_both, ignored);
+        beast::get_lowest_layer(*stream).socket().shutdown(tcp::socket::shutdown_both, ignored);
 
         // The home's answer is the service's answer, as if the device were here.
         auto& answer = parser.get();
@@ -567,8 +566,7 @@ private:
         error_code ec;
         socket.set_option(tcp::no_delay(true), ec);
         tls_stream stream(std::move(socket), *state.tls);
-        auto& tcp_layer = beast::get_lowest_layer(stream);
-        tcp_layer.expires_after(state.options.handshake_timeout);
+        stream.expires_after(state.options.handshake_timeout);
         auto [hec] = co_await stream.async_handshake(asio::ssl::stream_base::server, use_nothrow);
         if (hec) {
             self->log_->info("event=HandshakeFailed endpoint=cluster peer={} reason=\"{}\"", peer, hec.message());
@@ -591,7 +589,7 @@ private:
                              from.substr(0, 64), f.code, f.message);
             res = error_response(req, f.code, f.message);
         } else {
-            tcp_layer.expires_never(); // the offer has its own deadline (the device's answer)
+            stream.expires_never(); // the offer has its own deadline (the device's answer)
             try {
                 res = co_await self->handle(req, from);
             } catch (const registry_unavailable& e) {
@@ -603,9 +601,9 @@ private:
             }
         }
         res.keep_alive(false);
-        tcp_layer.expires_after(std::chrono::seconds(30));
+        stream.expires_after(std::chrono::seconds(30));
         co_await http::async_write(stream, res, use_nothrow);
-        tcp_layer.expires_after(std::chrono::seconds(5));
+        stream.expires_after(std::chrono::seconds(5));
         co_await stream.async_shutdown(use_nothrow);
     }
 

@@ -100,6 +100,9 @@ struct pending_stream {
     std::shared_ptr<wss_stream> waiting;
     stream_side waiting_side = stream_side::service;
     std::shared_ptr<asio::steady_timer> waiting_timer;
+    // Where the side that claimed its token first runs: the other side moves there, so both
+    // connections of the stream share one thread.
+    asio::any_io_executor home;
     std::shared_ptr<stream_slot> slot; // the stream's place under the limits, released with it
     bool device_lost = false;          // the device's control connection ended before it joined
 };

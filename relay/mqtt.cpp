@@ -439,13 +439,13 @@ asio::awaitable<void> serve_mqtt(std::shared_ptr<relay_state> state, tcp::socket
     error_code ec;
     socket.set_option(tcp::no_delay(true), ec);
     tls_stream stream(std::move(socket), *state->tls);
-    beast::get_lowest_layer(stream).expires_after(state->options.handshake_timeout);
+    stream.expires_after(state->options.handshake_timeout);
     auto [hec] = co_await stream.async_handshake(asio::ssl::stream_base::server, use_nothrow);
     if (hec) {
         state->log->info("event=HandshakeFailed peer={} endpoint=mqtt reason=\"{}\"", peer, hec.message());
         co_return;
     }
-    beast::get_lowest_layer(stream).expires_never(); // the session's watchdog keeps the deadlines
+    stream.expires_never(); // the session's watchdog keeps the deadlines
     auto certificate = inspect_peer_certificate(stream.native_handle(), device_ca_dir(state->options.data_dir));
     auto session = std::make_shared<mqtt_session<tls_transport>>(state, tls_transport{std::move(stream)}, peer,
                                                                  std::move(certificate));

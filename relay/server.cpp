@@ -249,9 +249,8 @@ asio::awaitable<void> serve_connection(std::shared_ptr<relay_state> state, tcp::
     std::string peer = ec ? "?" : endpoint_text(remote);
     socket.set_option(tcp::no_delay(true), ec);
     tls_stream stream(std::move(socket), *state->tls);
-    auto& tcp_layer = beast::get_lowest_layer(stream);
     // One deadline covers TLS handshake and the first request: a client that stalls is cut off.
-    tcp_layer.expires_after(state->options.handshake_timeout);
+    stream.expires_after(state->options.handshake_timeout);
     auto [hec] = co_await stream.async_handshake(asio::ssl::stream_base::server, use_nothrow);
     if (hec) {
         state->log->info("event=HandshakeFailed peer={} reason=\"{}\"", peer, hec.message());
@@ -265,7 +264,7 @@ asio::awaitable<void> serve_connection(std::shared_ptr<relay_state> state, tcp::
         parser.header_limit(static_cast<std::uint32_t>(state->options.max_header_bytes));
         parser.body_limit(max_body_bytes);
         if (!first)
-            tcp_layer.expires_after(keep_alive_idle);
+            stream.expires_after(keep_alive_idle);
         auto [rec, n] = co_await http::async_read(stream, buffer, parser, use_nothrow);
         if (rec) {
             if (rec != http::error::end_of_stream && !is_benign(rec))
@@ -283,7 +282,7 @@ asio::awaitable<void> serve_connection(std::shared_ptr<relay_state> state, tcp::
         route r = match_route(req.target());
         if (websocket::is_upgrade(req) && (r.kind == route_kind::device_control || r.kind == route_kind::bridge ||
                                            r.kind == route_kind::mqtt_websocket)) {
-            tcp_layer.expires_never();
+            stream.expires_never();
             // The WebSocket has buffers of its own: this one would sit idle for the connection's life.
             buffer.consume(buffer.size());
             buffer.shrink_to_fit();
@@ -307,12 +306,12 @@ asio::awaitable<void> serve_connection(std::shared_ptr<relay_state> state, tcp::
             state->log->error("event=InternalError peer={} reason=\"{}\"", peer, e.what());
             res = error_response(req, codes::internal, "internal error");
         }
-        tcp_layer.expires_after(std::chrono::seconds(30));
+        stream.expires_after(std::chrono::seconds(30));
         auto [wec, wn] = co_await http::async_write(stream, res, use_nothrow);
         if (wec || !res.keep_alive())
             break;
     }
-    tcp_layer.expires_after(std::chrono::seconds(5));
+    stream.expires_after(std::chrono::seconds(5));
     co_await stream.async_shutdown(use_nothrow);
 }
 
@@ -323,11 +322,12 @@ namespace sg::relay {
 namespace {
 
 // mqtt: the --mqtt-listen acceptor, whose connections speak MQTT over TLS.
-asio::awaitable<void> accept_loop(std::shared_ptr<relay_state> state, tcp::acceptor& acceptor, asio::io_context& ioc,
+asio::awaitable<void> accept_loop(std::shared_ptr<relay_state> state, tcp::acceptor& acceptor, io_pool& pool,
                                   bool mqtt = false)
 {
     while (!state->stopping) {
-        auto accepted = co_await acceptor.async_accept(asio::make_strand(ioc), use_nothrow);
+        // Each connection lives on one thread of the pool, in turn.
+        auto accepted = co_await acceptor.async_accept(asio::any_io_executor(pool.next().get_executor()), use_nothrow);
         auto& ec = std::get<0>(accepted);
         auto& socket = std::get<1>(accepted);
         if (ec) {
@@ -416,7 +416,8 @@ int run_relay(const relay_options& options)
     auto log = make_logger("relay", options.verbose);
     // Declared first so it is destroyed last: every socket the state still holds must go while
     // the io_context's services exist (destroying them later corrupted the heap at exit).
-    asio::io_context ioc(static_cast<int>(thread_count(options.threads)));
+    io_pool pool(thread_count(options.threads));
+    auto& ioc = pool.main();
     auto state = std::make_shared<relay_state>();
     state->options = options;
     state->log = log;
@@ -489,10 +490,10 @@ int run_relay(const relay_options& options)
         if (ec)
             throw std::runtime_error("cannot listen on " + options.mqtt_listen + " (--mqtt-listen): " + ec.message());
         mqtt_acceptor.listen(asio::socket_base::max_listen_connections);
-        asio::co_spawn(mqtt_acceptor.get_executor(), accept_loop(state, mqtt_acceptor, ioc, true), asio::detached);
+        asio::co_spawn(mqtt_acceptor.get_executor(), accept_loop(state, mqtt_acceptor, pool, true), asio::detached);
         log->info("event=Listening endpoint=mqtt address={}", endpoint_text(mqtt_acceptor.local_endpoint()));
     }
-    asio::co_spawn(acceptor.get_executor(), accept_loop(state, acceptor, ioc), asio::detached);
+    asio::co_spawn(acceptor.get_executor(), accept_loop(state, acceptor, pool), asio::detached);
     asio::co_spawn(asio::make_strand(ioc), housekeeping(state), asio::detached);
 
     log->info("event=Listening address={} hostName={} hub={} dataDir={} registry=\"{}\"",
@@ -523,7 +524,7 @@ int run_relay(const relay_options& options)
         for (auto& ch : channels)
             ch->close(codes::relay_shutting_down, "relay is shutting down");
     };
-    run_until_stopped(ioc, thread_count(options.threads), std::move(stop), *log);
+    pool.run(std::move(stop), *log);
     if (state->cluster) {
         state->cluster->stop();
         state->cluster.reset(); // it holds the state: the cycle ends here

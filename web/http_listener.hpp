@@ -2,6 +2,7 @@
 // The browser-facing listener (http.cpp, gateway.cpp). Include only where Beast is needed.
 #include <memory>
 #include <string>
+#include <boost/beast/ssl.hpp>
 #include "common/websocket.hpp"
 
 namespace sg::web {

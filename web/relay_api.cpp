@@ -27,7 +27,7 @@ asio::awaitable<std::pair<failure, std::vector<device_entry>>> list_devices(gate
     req.set(http::field::authorization,
             make_sas_token(reg.host_name, reg.shared_access_key, reg.shared_access_key_name, now.count() + 300));
     req.keep_alive(false);
-    beast::get_lowest_layer(*stream).expires_after(std::chrono::seconds(10));
+    stream->expires_after(std::chrono::seconds(10));
     auto written = co_await http::async_write(*stream, req, use_nothrow);
     if (std::get<0>(written))
         co_return std::pair{failure{0, "cannot ask the relay for devices: " + std::get<0>(written).message()}, out};
