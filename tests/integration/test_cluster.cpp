@@ -155,6 +155,24 @@ TEST_CASE("cluster: a stream asked of n2 for a device on n1 is created by n1 and
     CHECK_FALSE(contains(log2, "event=StreamEstablished"));
     CHECK(target.connections_accepted() == 1);
 
+    // The answer n2 gives names n1's public URL (here its HostName): that is where both sides join.
+    {
+        const std::string token = sas_token(relay_host(c.n2), policy_key(c.n2, "service"), "service", unix_now() + 600);
+        wire_result w = wire_script(c.n2, {
+            step({{"op", "connect"}, {"conn", "c"}}),
+            step({{"op", "request"}, {"label", "post"}, {"conn", "c"}, {"method", "POST"},
+                  {"path", "/twins/cl-echo/streams/TestStream"},
+                  {"headers", std::vector<std::string>{"Authorization: " + token}}}),
+        });
+        const wire_event& post = w.at("post");
+        INFO(w.describe());
+        CHECK(post.status() == 200);
+        CHECK(post.get("h.iothub-streaming-is-accepted") == "True");
+        CHECK(post.get("h.iothub-streaming-url").starts_with("wss://127.0.0.1:" + std::to_string(c.n1.port()) +
+                                                            "/bridges/streamgate/cl-echo/"));
+        CHECK_FALSE(post.get("h.iothub-streaming-auth-token").empty());
+    }
+
     // A device that no live node holds: 404103 at once, from either node.
     c.n2.create_device("cl-nowhere");
     for (relay_fixture* front : {&c.n1, &c.n2}) {
