@@ -8,6 +8,7 @@
 #include <openssl/hmac.h>
 #include <sys/socket.h>
 
+#include <fstream>
 #include <regex>
 #include <sstream>
 
@@ -368,4 +369,49 @@ TEST_CASE("cluster: a node that cannot renew its lease fences itself, and serves
     CHECK(wait_until([&] { return contains(c.n1.relay().stderr_text(), "event=PresenceRepublished node=n1"); }, 10s));
     expect_echo(c.n2, c.service_cs(c.n2), "cl-fence", 64 * 1024);
     CHECK_FALSE(contains(proxy->stderr_text(), "400027"));
+}
+
+TEST_CASE("cluster: --node-id, --cluster-listen, --public-url, --cluster-lease and --relay from the command line, "
+          "environment and TOML", "[integration][cluster]") {
+    temp_dir dir;
+    {
+        const auto file = dir / "relay.toml";
+        std::ofstream(file) << "node-id = \"from-toml\"\ncluster-listen = \"127.0.0.1:9443\"\n"
+                               "public-url = \"wss://n1.example.com:443\"\ncluster-lease = 4\n";
+        run_result r = run({bin::relay, "--config", file.string(), "--print-config"});
+        INFO(r.out << r.err);
+        CHECK(r.exit_code == 0);
+        CHECK(contains(r.out, "node-id = \"from-toml\""));
+        CHECK(contains(r.out, "cluster-listen = \"127.0.0.1:9443\""));
+        CHECK(contains(r.out, "public-url = \"wss://n1.example.com:443\""));
+        CHECK((contains(r.out, "cluster-lease = 4\n") || contains(r.out, "cluster-lease = \"4\"")));
+        run_result env = run({bin::relay, "--config", file.string(), "--print-config"}, {{"STREAMGATE_NODE_ID", "from-env"}});
+        CHECK(contains(env.out, "node-id = \"from-env\""));
+        run_result cli = run({bin::relay, "--config", file.string(), "--node-id", "from-cli", "--print-config"},
+                             {{"STREAMGATE_NODE_ID", "from-env"}});
+        CHECK(contains(cli.out, "node-id = \"from-cli\""));
+    }
+    {
+        // Cluster mode needs the shared registry, and says so.
+        run_result r = run({bin::relay, "--data-dir", (dir / "sg").string(), "--listen", "127.0.0.1:0", "--admin-listen",
+                            "off", "--cluster-listen", "127.0.0.1:0"});
+        INFO(r.err);
+        CHECK(r.exit_code == 1);
+        CHECK(contains(r.err, "--cluster-listen needs a shared PostgreSQL registry"));
+    }
+    {
+        const auto file = dir / "device-proxy.toml";
+        std::ofstream(file) << "relay = [\"n1.example.com:443\", \"n2.example.com:8443\"]\n";
+        run_result r = run({bin::device_proxy, "--config", file.string(), "--print-config",
+                            "HostName=h;DeviceId=d;SharedAccessKey=AAAA", "localhost", "22"});
+        INFO(r.out << r.err);
+        CHECK(contains(r.out, "relay = [\"n1.example.com:443\", \"n2.example.com:8443\"]"));
+        run_result cli = run({bin::device_proxy, "--relay", "a:1", "--relay", "[::1]:2", "--print-config",
+                              "HostName=h;DeviceId=d;SharedAccessKey=AAAA", "localhost", "22"});
+        CHECK(contains(cli.out, "relay = [\"a:1\", \"[::1]:2\"]"));
+        run_result bad = run({bin::device_proxy, "--relay", "no-port", "HostName=h;DeviceId=d;SharedAccessKey=AAAA",
+                              "localhost", "22"});
+        CHECK(bad.exit_code == 2);
+        CHECK(contains(bad.err, "--relay expects HOST:PORT"));
+    }
 }
