@@ -200,9 +200,13 @@ public:
             state_->metrics.stream_rejected(rejection::device_not_online);
             co_return error_response(req, codes::device_not_online, "device " + offer.device_id + " is not online");
         }
+        sent_.fetch_add(1, std::memory_order_relaxed);
         auto res = co_await ask_home(req, offer, *home);
         co_return res;
     }
+
+    std::uint64_t requests_sent() const override { return sent_.load(std::memory_order_relaxed); }
+    std::uint64_t requests_received() const override { return received_.load(std::memory_order_relaxed); }
 
     void stop_accepting() override
     {
@@ -553,6 +557,7 @@ private:
             co_return error_response(req, codes::bad_request, "deviceId and streamName are required");
         if (fenced())
             co_return error_response(req, codes::relay_shutting_down, "relay " + self_.node_id + " has no valid lease");
+        received_.fetch_add(1, std::memory_order_relaxed);
         auto channel = state_->find_device(offer.device_id);
         log_->info("event=ClusterStreamRequest from={} device={} stream={} here={}", from, offer.device_id,
                    offer.stream_name, channel != nullptr);
@@ -616,6 +621,7 @@ private:
     std::string secret_;
     std::unique_ptr<cluster_store> store_; // used by the cluster thread, and find_home from any thread
     std::atomic<std::chrono::steady_clock::rep> lease_deadline_{0};
+    std::atomic<std::uint64_t> sent_{0}, received_{0};
 
     std::mutex claims_mutex_;
     std::unordered_map<std::string, local_claim> claims_; // device -> this node's connection

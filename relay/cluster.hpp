@@ -38,6 +38,10 @@ public:
     virtual asio::awaitable<http::response<http::string_body>> open_remote_stream(const request_type& req,
                                                                                   stream_offer offer) = 0;
 
+    // For /metrics: stream requests this node asked of a home, and those other nodes asked of it.
+    virtual std::uint64_t requests_sent() const = 0;
+    virtual std::uint64_t requests_received() const = 0;
+
     // SIGTERM: the cluster listener closes (in-flight requests finish).
     virtual void stop_accepting() = 0;
     // After the I/O threads stopped: the thread ends and the node leaves (its lease and presence

@@ -12,6 +12,7 @@
 #include <regex>
 #include <sstream>
 
+#include "admin_http_client.hpp"
 #include "harness.hpp"
 #include "../support/pg_server.hpp"
 #include "wire.hpp"
@@ -28,7 +29,7 @@ struct cluster {
 
     relay_config node(const std::string& id, const std::string& lease, const std::filesystem::path& ca_from) {
         return relay_config{.args = {"--registry", url, "--node-id", id, "--cluster-listen", "127.0.0.1:0",
-                                     "--cluster-lease", lease, "--admin-listen", "off"},
+                                     "--cluster-lease", lease, "--admin-listen", "127.0.0.1:0"},
                             .ca_from = ca_from};
     }
 
@@ -155,6 +156,14 @@ TEST_CASE("cluster: a stream asked of n2 for a device on n1 is created by n1 and
     CHECK(contains(log1, "event=StreamClosed device=cl-echo"));
     CHECK_FALSE(contains(log2, "event=StreamEstablished"));
     CHECK(target.connections_accepted() == 1);
+    {
+        const http_answer m1 = http_get(wait_listening_address(c.n1.relay(), "event=AdminListening"), "/metrics");
+        const http_answer m2 = http_get(wait_listening_address(c.n2.relay(), "event=AdminListening"), "/metrics");
+        INFO(m1.error << m2.error);
+        CHECK(metric(m2.body, "streamgate_cluster_stream_requests_total{direction=\"sent\"}") == 1.0);
+        CHECK(metric(m1.body, "streamgate_cluster_stream_requests_total{direction=\"received\"}") == 1.0);
+        CHECK(metric(m1.body, "streamgate_cluster_fenced") == 0.0);
+    }
 
     // The answer n2 gives names n1's public URL (here its HostName): that is where both sides join.
     {
@@ -361,6 +370,13 @@ TEST_CASE("cluster: a node that cannot renew its lease fences itself, and serves
     }
     CHECK(proxy->running());
     CHECK_FALSE(contains(proxy->stderr_text(), "400027"));  // its devices stay connected
+    const std::string admin = wait_listening_address(c.n1.relay(), "event=AdminListening");
+    {
+        const http_answer ready = http_get(admin, "/readyz");
+        CHECK(ready.status == 503);
+        CHECK(ready.body == "fenced\n");
+        CHECK(metric(http_get(admin, "/metrics").body, "streamgate_cluster_fenced") == 1.0);
+    }
 
     c.pg.start();
     // Unlogged tables are empty after the crash: the node joins again and claims its devices anew.
@@ -369,6 +385,7 @@ TEST_CASE("cluster: a node that cannot renew its lease fences itself, and serves
     CHECK(wait_until([&] { return contains(c.n1.relay().stderr_text(), "event=PresenceRepublished node=n1"); }, 10s));
     expect_echo(c.n2, c.service_cs(c.n2), "cl-fence", 64 * 1024);
     CHECK_FALSE(contains(proxy->stderr_text(), "400027"));
+    CHECK(http_get(admin, "/readyz").status == 200);
 }
 
 TEST_CASE("cluster: --node-id, --cluster-listen, --public-url, --cluster-lease and --relay from the command line, "
