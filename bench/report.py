@@ -9,6 +9,11 @@
                                         docs/BENCHMARKS.md
 Every figure comes from the records run.sh wrote in this run; nothing here is a constant but
 the targets of issue 5.
+
+Rows 1-3 compare the tunnel with two peers measured in the same run: "reference" (the stunnel ->
+socat -> stunnel TLS chain) and "openssh" (ssh -L -> sshd -> ssh -R, the OpenSSH reverse tunnel a
+user would set up instead); every ratio is tunnel / peer. Runs made before the OpenSSH peer
+existed have no "openssh" records: their tables simply leave those lines out.
 """
 import json
 import statistics
@@ -106,6 +111,19 @@ def cores_used(records, name):
     return sum(median_of(runs, k) or 0 for k in keys) / 100
 
 
+PEERS = ("reference", "openssh")
+PEER_NAMES = {"reference": "reference chain", "openssh": "OpenSSH"}
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def ratio_text(pairs, digits=2):
+    """[(label, value)] -> "label a / label b" of the values present (n/a for a missing one)."""
+    return " / ".join(fmt(v, digits) for _, v in pairs)
+
+
 def cpu_line(t, records, row, name, label):
     runs = records.get(f"cpu.{name}", [])
     if not runs:
@@ -119,27 +137,39 @@ def build(records, meta):
     t = Table()
     summary = {}
 
+    negotiated = (records.get("openssh.negotiated") or [None])[-1]
+    if negotiated:
+        t.add("1-3", "OpenSSH peer, with OpenSSH's defaults: version, key exchange, host key, cipher",
+              ", ".join(str(negotiated.get(k)) for k in ("version", "kex", "host_key", "cipher")))
+
     # 1. Bulk throughput, one stream each way.
+    paths = ("direct", "reference", "openssh", "tunnel")
     for direction in ("up", "down"):
-        g = {p: median_of(records.get(f"bulk.{direction}.{p}", []), "gbps") for p in ("direct", "tunnel", "reference")}
+        g = {p: median_of(records.get(f"bulk.{direction}.{p}", []), "gbps") for p in paths}
         if not any(v is not None for v in g.values()):
             continue
         summary[f"bulk_{direction}_gbps"] = g
         label = "upload (service->device)" if direction == "up" else "download (device->service)"
-        for p in ("direct", "reference", "tunnel"):
+        for p in paths:
             runs = [r.get("gbps") for r in records.get(f"bulk.{direction}.{p}", [])]
+            if not runs:
+                continue
             t.add("1", f"{label}: {p} Gbit/s", fmt(g[p]) + (f"  (runs {', '.join(fmt(x) for x in runs)})" if len(runs) > 1 else ""))
         if g["tunnel"] is not None and g["direct"]:
             t.add("1", f"{label}: tunnel/direct", fmt(g["tunnel"] / g["direct"]))
-        ratio = g["tunnel"] / g["reference"] if g["tunnel"] is not None and g["reference"] else None
-        summary[f"bulk_{direction}_tunnel_over_reference"] = ratio
-        t.check("1", f"{label}: tunnel/reference", ratio, ratio is not None and ratio >= 1.0, ">= 1.0x",
-                ratio is not None and ratio >= 1.5, "1.5x")
+        r = ratio(g["tunnel"], g["reference"])
+        summary[f"bulk_{direction}_tunnel_over_reference"] = r
+        t.check("1", f"{label}: tunnel/reference", r, r is not None and r >= 1.0, ">= 1.0x",
+                r is not None and r >= 1.5, "1.5x")
+        if records.get(f"bulk.{direction}.openssh"):
+            r = ratio(g["tunnel"], g["openssh"])
+            summary[f"bulk_{direction}_tunnel_over_openssh"] = r
+            t.add("1", f"{label}: tunnel/openssh", fmt(r))
     for direction, label in (("up", "upload"), ("down", "download")):
-        for path in ("reference", "tunnel"):
+        for path in ("reference", "openssh", "tunnel"):
             cpu_line(t, records, "1", f"bulk-{direction}-{path}", f"{path} {label}")
         per_gbps = {}
-        for path in ("reference", "tunnel"):
+        for path in ("reference", "openssh", "tunnel"):
             cores = cores_used(records, f"bulk-{direction}-{path}")
             g = summary.get(f"bulk_{direction}_gbps", {}).get(path)
             per_gbps[path] = cores / g if cores and g else None
@@ -147,6 +177,11 @@ def build(records, meta):
             summary[f"bulk_{direction}_cores_per_gbps"] = per_gbps
             t.add("1", f"{label}: CPU cores per Gbit/s, reference chain / tunnel (load-independent cost)",
                   f"{fmt(per_gbps['reference'])} / {fmt(per_gbps['tunnel'])}")
+            if records.get(f"cpu.bulk-{direction}-openssh"):
+                t.add("1", f"{label}: CPU cores per Gbit/s, OpenSSH (ssh -L + 2 sshd sessions + ssh -R)",
+                      fmt(per_gbps["openssh"]))
+                t.add("1", f"{label}: CPU cores per Gbit/s, tunnel/reference, tunnel/openssh (lower is better)",
+                      ratio_text([(p, ratio(per_gbps["tunnel"], per_gbps[p])) for p in PEERS]))
         runs = records.get(f"cpu.bulk-{direction}-tunnel", [])
         g = summary.get(f"bulk_{direction}_gbps", {}).get("tunnel")
         if runs and g:
@@ -158,16 +193,29 @@ def build(records, meta):
                   f"{fmt(per('syscalls'), 1)} / {fmt(per('context_switches'), 1)}")
 
     # 2. Latency.
-    lat = {p: (records.get(f"latency.{p}") or [None])[-1] for p in ("direct", "tunnel", "reference")}
+    lat = {p: (records.get(f"latency.{p}") or [None])[-1] for p in paths}
+    lat = {p: (v if v and "p50_us" in v else None) for p, v in lat.items()}
     if lat["tunnel"]:
-        for p in ("direct", "reference", "tunnel"):
+        for p in paths:
             if lat[p]:
                 t.add("2", f"64 B round trip {p}: p50 / p99 us", f"{fmt(lat[p]['p50_us'], 1)} / {fmt(lat[p]['p99_us'], 1)}")
+            elif records.get(f"latency.{p}"):
+                t.add("2", f"64 B round trip {p}: p50 / p99 us", f"failed: {records[f'latency.{p}'][-1]}")
         if lat["direct"]:
             added = lat["tunnel"]["p50_us"] - lat["direct"]["p50_us"]
             summary["latency_added_p50_us"] = added
             t.check("2", "added round trip (tunnel p50 - direct p50) us", added, added <= 120, "<= 120 us",
                     shown=fmt(added, 1))
+            if lat["openssh"]:
+                peer_added = {p: lat[p]["p50_us"] - lat["direct"]["p50_us"] if lat[p] else None for p in PEERS}
+                summary["latency_peer_added_p50_us"] = peer_added
+                t.add("2", "added round trip over direct p50 us, reference / openssh / tunnel",
+                      f"{fmt(peer_added['reference'], 1)} / {fmt(peer_added['openssh'], 1)} / {fmt(added, 1)}")
+        if lat["openssh"]:
+            for q in ("p50_us", "p99_us"):
+                rs = {p: ratio(lat["tunnel"][q], lat[p][q] if lat[p] else None) for p in PEERS}
+                summary[f"latency_tunnel_over_peers_{q[:3]}"] = rs
+                t.add("2", f"round trip {q[:3]}: tunnel/reference, tunnel/openssh (lower is better)", ratio_text(list(rs.items())))
         p99 = lat["tunnel"]["p99_us"]
         summary["latency_tunnel_p99_us"] = p99
         t.check("2", "tunnel p99 us", p99, p99 < 350, "< 350 us", shown=fmt(p99, 1))
@@ -205,6 +253,48 @@ def build(records, meta):
         ms = cores / rate["streams_per_s"] * 1000
         summary["cpu_ms_per_stream_setup"] = ms
         t.add("3", "CPU ms (relay + proxies) per new stream", fmt(ms))
+    # The same set-up through the peers (and straight to the echo server).
+    peer_seq = {p: (records.get(f"setup.sequential.{p}") or [None])[-1] for p in ("direct",) + PEERS}
+    peer_seq = {p: (v if v and "p50_us" in v else None) for p, v in peer_seq.items()}
+    if any(peer_seq.values()):
+        for p, v in peer_seq.items():
+            if v:
+                t.add("3", f"setup p50 / p99 ms, {p} (n={v['count']}, failures {v['failures']})",
+                      f"{fmt(v['p50_us'] / 1000)} / {fmt(v['p99_us'] / 1000)}")
+            elif records.get(f"setup.sequential.{p}"):
+                t.add("3", f"setup p50 / p99 ms, {p}", f"failed: {records[f'setup.sequential.{p}'][-1]}")
+        if seq:
+            rs = {p: ratio(seq["p50_us"], peer_seq[p]["p50_us"] if peer_seq[p] else None) for p in PEERS}
+            summary["setup_p50_tunnel_over_peers"] = rs
+            t.add("3", "setup p50: tunnel/reference, tunnel/openssh (lower is better)", ratio_text(list(rs.items())))
+    peer_rate = {p: (records.get(f"setup.rate.{p}") or [None])[-1] for p in PEERS}
+    peer_rate = {p: (v if v and "streams_per_s" in v else None) for p, v in peer_rate.items()}
+    peer_ms = {}
+    for p, v in peer_rate.items():
+        if not v:
+            if records.get(f"setup.rate.{p}"):
+                t.add("3", f"new streams/s, {p}", f"failed: {records[f'setup.rate.{p}'][-1]}")
+            continue
+        t.add("3", f"new streams/s, {p}, {v['clients']} parallel clients ({v['streams']} streams, {v['failures']} failed)",
+              f"{fmt(v['streams_per_s'], 0)} (set-up p50 / p99 {fmt(v['setup_p50_us'] / 1000)} / "
+              f"{fmt(v['setup_p99_us'] / 1000)} ms)")
+        cpu_line(t, records, "3", f"setup-rate-{p}", f"new streams, {p}")
+        c = cores_used(records, f"setup-rate-{p}")
+        peer_ms[p] = c / v["streams_per_s"] * 1000 if c and v["streams_per_s"] else None
+        t.add("3", f"CPU ms ({'stunnel x2 + socat' if p == 'reference' else 'ssh x2 + sshd sessions'}) per new stream, {p}",
+              fmt(peer_ms[p]))
+    if rate and any(peer_rate.values()):
+        rs = {p: ratio(rate["streams_per_s"], peer_rate[p]["streams_per_s"] if peer_rate[p] else None) for p in PEERS}
+        summary["streams_per_s_tunnel_over_peers"] = rs
+        t.add("3", "new streams/s: tunnel/reference, tunnel/openssh", ratio_text(list(rs.items())))
+        ms = summary.get("cpu_ms_per_stream_setup")
+        rs = {p: ratio(ms, peer_ms.get(p)) for p in PEERS}
+        summary["cpu_ms_per_stream_tunnel_over_peers"] = rs
+        t.add("3", "CPU ms per new stream: tunnel/reference, tunnel/openssh (lower is better)",
+              ratio_text(list(rs.items())))
+    negotiated = (records.get("openssh.negotiated") or [None])[-1]
+    if negotiated:
+        summary["openssh_negotiated"] = negotiated
 
     # 4. Concurrency.
     conc = sorted((r for k, v in records.items() if k.startswith("concurrency.") for r in v), key=lambda r: r["requested"])

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Streamgate benchmark suite (issue 5, docs/BENCHMARKS.md). One command:
 #
-#   bench/run.sh            full run (~7-8 min on 2 cores, plus the build the first time)
+#   bench/run.sh            full run (~9-10 min on 2 cores, plus the build the first time)
 #   bench/run.sh --quick    smoke run with small N and short durations (~2 min)
 #
-# Installs its tools if missing (iperf3, stunnel4, socat, python3, openssl; the build packages
-# through scripts/install-deps.sh), builds a Release tree in build-bench/, starts everything on
-# 127.0.0.1 (a fresh temporary data directory, free ports, a fresh relay and proxies per row),
-# prints a table and writes bench/results/latest.json. Every process it starts is stopped on
-# exit; every step has a time bound.
+# Installs its tools if missing (iperf3, stunnel4, socat, python3, openssl, openssh-server and
+# -client, iproute2; the build packages through scripts/install-deps.sh), builds a Release tree
+# in build-bench/, starts everything on 127.0.0.1 (a fresh temporary data directory, free ports,
+# a fresh relay and proxies per row; beside them the two peers: a stunnel/socat TLS chain and an
+# OpenSSH reverse tunnel through a private sshd), prints a table and writes
+# bench/results/latest.json. Every process it starts is stopped on exit; every step has a time
+# bound.
 #
 # Options:
 #   --quick              small sizes, short durations
@@ -101,7 +103,7 @@ install_missing() {
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
 }
-install_missing iperf3 stunnel4 socat python3 openssl procps linux-perf
+install_missing iperf3 stunnel4 socat python3 openssl procps linux-perf openssh-server openssh-client iproute2
 [ "$HEAPTRACK" = 1 ] && install_missing heaptrack
 [ -x "$REPO/scripts/install-deps.sh" ] && "$REPO/scripts/install-deps.sh"
 
@@ -170,7 +172,8 @@ report_exit() { # name pid: say so when a process ended by a crash rather than b
   wait "$2" 2>/dev/null || rc=$?
   case $rc in
     0|130|137|143) ;;
-    *) if [ "$rc" -gt 128 ]; then log "NOTE: $1 (pid $2) died of signal $((rc - 128)): $(tail -n 1 "$WORK/$1.err" 2>/dev/null | cut -c1-200)"; fi ;;
+    # 128+N is signal N (at most 64); an exit code above that is the process's own (ssh: 255).
+    *) if [ "$rc" -gt 128 ] && [ "$rc" -le 192 ]; then log "NOTE: $1 (pid $2) died of signal $((rc - 128)): $(tail -n 1 "$WORK/$1.err" 2>/dev/null | cut -c1-200)"; fi ;;
   esac
 }
 cleanup() {
@@ -242,7 +245,8 @@ json_get() { python3 -c 'import json,sys; print(json.loads(sys.argv[1]).get(sys.
 
 # ---------------------------------------------------------------------------------------------
 # The Streamgate stack: a fresh relay, one device proxy to a target, one service proxy.
-read -r RELAY_PORT SP_PORT IPERF_PORT ECHO_PORT SINK_PORT CHAIN_A CHAIN_B CHAIN_C <<<"$(free_ports 8)"
+read -r RELAY_PORT SP_PORT IPERF_PORT ECHO_PORT SINK_PORT CHAIN_A CHAIN_B CHAIN_C SSH_PORT SSH_R_PORT SSH_L_PORT \
+  <<<"$(free_ports 11)"
 DATA=$WORK/data
 DEVICE_ID=bench-device
 RELAY_ARGS=(--data-dir "$DATA" --listen "127.0.0.1:$RELAY_PORT")
@@ -364,6 +368,82 @@ EOF
 }
 chain_down() { stop_bg stunnel_client socat stunnel_server; }
 
+# The OpenSSH peer: the tunnel a user would set up instead of Streamgate. A bastion sshd (its own
+# host key and config, key-only login), the device's reverse forward `ssh -R` to it and the
+# user's local forward `ssh -L` through it, all on 127.0.0.1, ciphers as OpenSSH's defaults:
+#   user TCP -> ssh -L (SSH_L) => sshd -> 127.0.0.1:SSH_R -> sshd => ssh -R -> target
+SSH_DIR=$WORK/ssh
+SSH_USER=$(id -un)
+mkdir -p "$SSH_DIR"
+ssh-keygen -q -t ed25519 -N '' -C streamgate-bench -f "$SSH_DIR/ssh_host_ed25519_key"
+ssh-keygen -q -t ed25519 -N '' -C streamgate-bench -f "$SSH_DIR/id_ed25519"
+cp "$SSH_DIR/id_ed25519.pub" "$SSH_DIR/authorized_keys"
+cat >"$SSH_DIR/sshd_config" <<EOF
+ListenAddress 127.0.0.1
+Port $SSH_PORT
+HostKey $SSH_DIR/ssh_host_ed25519_key
+AuthorizedKeysFile $SSH_DIR/authorized_keys
+PidFile none
+UsePAM no
+StrictModes no
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+AllowTcpForwarding yes
+GatewayPorts no
+X11Forwarding no
+UseDNS no
+PrintMotd no
+EOF
+[ "$(id -u)" -eq 0 ] && mkdir -p /run/sshd # sshd's privilege separation directory
+# -F /dev/null: no ssh_config of this machine or user changes what is measured.
+SSH_OPTS=(-F /dev/null -i "$SSH_DIR/id_ed25519" -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=no
+          -o "UserKnownHostsFile=$SSH_DIR/known_hosts" -o ExitOnForwardFailure=yes -p "$SSH_PORT")
+sshd_session_of() { # ssh client pid -> the sshd process serving its connection
+  local port pids i
+  for i in $(seq 50); do
+    port=$(ss -Htnp state established "( dport = :$SSH_PORT )" |
+      awk -v p="pid=$1," 'index($0, p) { n = split($3, a, ":"); print a[n]; exit }')
+    if [ -n "$port" ]; then
+      pids=$(ss -Htnp state established "( sport = :$SSH_PORT and dport = :$port )" |
+        grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -un)
+      # Right after authentication sshd's pre-authentication child may still hold the socket.
+      if [ -n "$pids" ] && [ "$(wc -w <<<"$pids")" = 1 ]; then echo "$pids"; return 0; fi
+    fi
+    sleep 0.1
+  done
+  echo "no sshd session found for ssh pid $1" >&2
+  return 1
+}
+OPENSSH_PROCS=(ssh_user sshd_user sshd_device ssh_device)
+openssh_up() { # target-port -> the user's end of the OpenSSH path listens on SSH_L_PORT
+  start_bg sshd /usr/sbin/sshd -D -e -f "$SSH_DIR/sshd_config"
+  wait_listening "$SSH_PORT"
+  start_bg ssh_device ssh "${SSH_OPTS[@]}" -N -R "$SSH_R_PORT:127.0.0.1:$1" "$SSH_USER@127.0.0.1"
+  wait_listening "$SSH_R_PORT" 30
+  start_bg ssh_user ssh "${SSH_OPTS[@]}" -N -L "$SSH_L_PORT:127.0.0.1:$SSH_R_PORT" "$SSH_USER@127.0.0.1"
+  wait_listening "$SSH_L_PORT" 30
+  # sshd's per-connection children call setsid: each leads its own process group, outside
+  # sshd's, so they are tracked (CPU) and stopped (stop_bg, the EXIT trap) by their own ids.
+  PID[sshd_device]=$(sshd_session_of "${PID[ssh_device]}")
+  PID[sshd_user]=$(sshd_session_of "${PID[ssh_user]}")
+  if [ -z "${OPENSSH_NEGOTIATED:-}" ]; then
+    # What the peer negotiates with nothing set (OpenSSH's defaults): one verbose login, once.
+    OPENSSH_NEGOTIATED=$(timeout 20 ssh -v "${SSH_OPTS[@]}" "$SSH_USER@127.0.0.1" true 2>&1 |
+      python3 -c 'import json, re, sys
+t = sys.stdin.read()
+g = lambda p: (re.search(p, t) or [None, None])[1]
+print(json.dumps({"version": g(r"(OpenSSH_\S+)"), "kex": g(r"kex: algorithm: (\S+)"),
+                  "host_key": g(r"kex: host key algorithm: (\S+)"),
+                  "cipher": g(r"kex: client->server cipher: (\S+)"), "mac": g(r"kex: client->server cipher: \S+ MAC: (\S+)")}))') ||
+      OPENSSH_NEGOTIATED='{"error":"the verbose ssh login failed"}'
+    emit openssh.negotiated "$OPENSSH_NEGOTIATED"
+    log "  OpenSSH peer: $OPENSSH_NEGOTIATED"
+  fi
+}
+openssh_down() { stop_bg ssh_user ssh_device sshd_user sshd_device sshd; }
+
 # With --perf: a flat profile (cpu-clock samples, no call graphs: the Release build keeps no frame
 # pointers) of the relay and both proxies while a measurement runs.
 perf_start() { # name
@@ -439,6 +519,11 @@ cpu_end() { # record-name: CPU %, system calls and context switches of each proc
 }
 
 # ---------------------------------------------------------------------------------------------
+# The port a client connects to for each path of rows 1-3.
+path_port() { # path direct-port
+  case $1 in direct) echo "$2" ;; reference) echo "$CHAIN_A" ;; openssh) echo "$SSH_L_PORT" ;; tunnel) echo "$SP_PORT" ;; esac
+}
+
 # Row 1: bulk throughput, one stream each way.
 iperf_once() { # name port direction(up|down) [extra iperf3 args]
   local name=$1 port=$2 dir=$3 out
@@ -456,14 +541,16 @@ row1() {
   wait_listening "$IPERF_PORT"
   stack_up "$IPERF_PORT"
   chain_up "$IPERF_PORT"
+  openssh_up "$IPERF_PORT"
   local dir r path port result
   for dir in up down; do
     for r in $(seq "$REPEAT"); do
-      for path in direct reference tunnel; do
-        case $path in direct) port=$IPERF_PORT ;; reference) port=$CHAIN_A ;; tunnel) port=$SP_PORT ;; esac
+      for path in direct reference openssh tunnel; do
+        port=$(path_port "$path" "$IPERF_PORT")
         [ "$path" = tunnel ] && [ "$r" = 1 ] && perf_start "bulk-$dir"
         [ "$path" = tunnel ] && cpu_begin
         [ "$path" = reference ] && cpu_begin stunnel_client socat stunnel_server
+        [ "$path" = openssh ] && cpu_begin "${OPENSSH_PROCS[@]}"
         result=$(iperf_once "$path-$dir-$r" "$port" "$dir")
         [ "$path" = reference ] && sleep 0.5 # socat reaps the children that served the connections
         [ "$path" != direct ] && cpu_end "bulk-$dir-$path"
@@ -473,6 +560,7 @@ row1() {
       done
     done
   done
+  openssh_down
   chain_down
   stack_down
   stop_bg iperf_server
@@ -485,15 +573,17 @@ row2() {
   wait_listening "$ECHO_PORT"
   stack_up "$ECHO_PORT"
   chain_up "$ECHO_PORT"
+  openssh_up "$ECHO_PORT"
   local path port result
-  for path in direct reference tunnel; do
-    case $path in direct) port=$ECHO_PORT ;; reference) port=$CHAIN_A ;; tunnel) port=$SP_PORT ;; esac
+  for path in direct reference openssh tunnel; do
+    port=$(path_port "$path" "$ECHO_PORT")
     [ "$path" = tunnel ] && perf_start latency
     result=$(timeout 300 "$LATENCY" pingpong --port "$port" --count "$PINGPONGS" --size 64) || result='{"error":"failed"}'
     [ "$path" = tunnel ] && perf_stop latency
     emit "latency.$path" "$result"
     log "  $path: $result"
   done
+  openssh_down
   chain_down
   stack_down
   stop_bg echo_server
@@ -526,6 +616,31 @@ row3() {
   result=$(timeout 300 "$TCPTOOL" rate --port "$SP_PORT" --clients 8 --streams 600) || result='{"error":"failed"}'
   emit setup.user_view "$result"
   log "  user view: $result"
+  # The same set-up loops through the peers (and the sequential one straight to the echo server):
+  # per stream a TLS connection on each hop of the chain, a channel over the two SSH connections.
+  chain_up "$ECHO_PORT"
+  openssh_up "$ECHO_PORT"
+  local path port
+  for path in direct reference openssh; do
+    port=$(path_port "$path" "$ECHO_PORT")
+    result=$(timeout 600 "$LATENCY" setup --port "$port" --count "$SETUPS") || true
+    [ -n "$result" ] || result='{"error":"failed"}'
+    emit "setup.sequential.$path" "$result"
+    log "  sequential, $path: $result"
+  done
+  for path in reference openssh; do
+    port=$(path_port "$path" "$ECHO_PORT")
+    [ "$path" = reference ] && cpu_begin stunnel_client socat stunnel_server
+    [ "$path" = openssh ] && cpu_begin "${OPENSSH_PROCS[@]}"
+    result=$(timeout $((RATE_SECONDS + 120)) "$TCPTOOL" rate --port "$port" --clients 8 --duration "$RATE_SECONDS") ||
+      result='{"error":"failed"}'
+    [ "$path" = reference ] && sleep 0.5 # socat reaps the children that served the connections
+    cpu_end "setup-rate-$path"
+    emit "setup.rate.$path" "$result"
+    log "  rate, $path: $result"
+  done
+  openssh_down
+  chain_down
   stack_down
   stop_bg echo_server
 }

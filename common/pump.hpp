@@ -72,7 +72,7 @@ public:
     asio::mutable_buffer full(std::size_t kept = 0)
     {
         if (!big_)
-            big_ = std::make_unique<char[]>(chunk_);
+            big_.reset(new char[chunk_]); // not zeroed: a read fills what is used
         if (kept)
             std::memcpy(big_.get(), small_.data(), kept);
         in_big_ = true;

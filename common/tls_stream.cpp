@@ -32,9 +32,39 @@ constexpr std::size_t max_write_per_call = 256 * 1024;
 // OpenSSL's read buffer while data arrives: a whole 64 KiB message's records in one recv.
 constexpr std::size_t read_buffer_bytes = 80 * 1024;
 
+// Blocks for output buffers, kept per thread: a stream sends one message after another, and
+// giving each block back to malloc made glibc map, fault in and unmap it every time.
+class block_cache {
+public:
+    static constexpr std::size_t block_size = 128 * 1024;
+    static std::unique_ptr<char[]> take()
+    {
+        auto& c = instance();
+        if (c.count_ == 0)
+            return std::unique_ptr<char[]>(new char[block_size]); // not zeroed: written before read
+        return std::move(c.free_[--c.count_]);
+    }
+    static void give(std::unique_ptr<char[]> block)
+    {
+        auto& c = instance();
+        if (c.count_ < c.free_.size())
+            c.free_[c.count_++] = std::move(block);
+    }
+
+private:
+    static block_cache& instance()
+    {
+        thread_local block_cache c;
+        return c;
+    }
+    std::array<std::unique_ptr<char[]>, 2> free_;
+    std::size_t count_ = 0;
+};
+
 // Encrypted bytes on their way to the kernel: held only until sent.
 class output_buffer {
 public:
+    ~output_buffer() { release(); }
     void append(const char* p, std::size_t n)
     {
         if (end_ + n > capacity_)
@@ -47,23 +77,30 @@ public:
     void consume(std::size_t n)
     {
         begin_ += n;
-        if (begin_ == end_) {
-            data_.reset();
-            capacity_ = begin_ = end_ = 0;
-        }
+        if (begin_ == end_)
+            release();
     }
 
 private:
+    void release()
+    {
+        if (data_ && capacity_ == block_cache::block_size)
+            block_cache::give(std::move(data_));
+        data_.reset();
+        capacity_ = begin_ = end_ = 0;
+    }
     void grow(std::size_t needed)
     {
-        std::size_t capacity = std::max<std::size_t>({needed, 2 * capacity_, 4096});
-        auto bigger = std::make_unique<char[]>(capacity);
+        std::size_t capacity = std::max<std::size_t>(needed, block_cache::block_size);
+        auto bigger = capacity == block_cache::block_size ? block_cache::take()
+                                                          : std::unique_ptr<char[]>(new char[capacity]);
         if (size())
             std::memcpy(bigger.get(), data(), size());
-        end_ = size();
-        begin_ = 0;
+        std::size_t kept = size();
+        release();
         data_ = std::move(bigger);
         capacity_ = capacity;
+        end_ = kept;
     }
     std::unique_ptr<char[]> data_;
     std::size_t capacity_ = 0, begin_ = 0, end_ = 0;
