@@ -83,6 +83,11 @@ public:
     static asio::awaitable<std::pair<failure, std::shared_ptr<device_connection>>>
     connect(asio::ssl::context& tls, const connection_string& device,
             std::chrono::seconds token_ttl = std::chrono::hours(1));
+    // The same through relay `host`:`port` instead of the connection string's HostName (a
+    // cluster node): the token is still for the HostName, TLS is verified against `host`.
+    static asio::awaitable<std::pair<failure, std::shared_ptr<device_connection>>>
+    connect(asio::ssl::context& tls, const connection_string& device, std::string host, std::uint16_t port,
+            std::chrono::seconds token_ttl = std::chrono::hours(1));
 
     // Runs until the connection ends and says why (a relay's close reason carries its code,
     // e.g. 400027 when a newer connection replaced this one). on_request runs on the

@@ -15,7 +15,15 @@ device_connection::device_connection(std::shared_ptr<wss_stream> ws) : link_(std
 asio::awaitable<std::pair<failure, std::shared_ptr<device_connection>>>
 device_connection::connect(asio::ssl::context& tls, const connection_string& device, std::chrono::seconds token_ttl)
 {
-    auto connected = co_await connect_tls(tls, device.host(), device.port(), std::chrono::seconds(30));
+    auto connected = co_await connect(tls, device, device.host(), device.port(), token_ttl);
+    co_return connected;
+}
+
+asio::awaitable<std::pair<failure, std::shared_ptr<device_connection>>>
+device_connection::connect(asio::ssl::context& tls, const connection_string& device, std::string relay_host,
+                           std::uint16_t relay_port, std::chrono::seconds token_ttl)
+{
+    auto connected = co_await connect_tls(tls, relay_host, relay_port, std::chrono::seconds(30));
     auto& cf = std::get<0>(connected);
     auto& stream = std::get<1>(connected);
     if (cf)
@@ -32,9 +40,9 @@ device_connection::connect(asio::ssl::context& tls, const connection_string& dev
         req.set(http::field::user_agent, "streamgate/0.1");
     }));
     websocket::response_type res;
-    std::string host = device.host().find(':') != std::string::npos ? "[" + device.host() + "]" : device.host();
-    if (device.port() != 443)
-        host += ":" + std::to_string(device.port());
+    std::string host = relay_host.find(':') != std::string::npos ? "[" + relay_host + "]" : relay_host;
+    if (relay_port != 443)
+        host += ":" + std::to_string(relay_port);
     auto [ec] = co_await ws->async_handshake(res, host, "/devices/" + url_encode(device.device_id) + "/streams", use_nothrow);
     if (ec) {
         if (res.result_int() != 0 && res.result() != http::status::switching_protocols)

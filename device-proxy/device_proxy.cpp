@@ -41,6 +41,23 @@ std::pair<std::string, target> parse_service_mapping(const std::string& text)
     return {name, target{host, static_cast<std::uint16_t>(port)}};
 }
 
+target parse_relay_address(const std::string& text)
+{
+    auto colon = text.rfind(':');
+    std::string host = colon == std::string::npos ? "" : text.substr(0, colon);
+    if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
+        host = host.substr(1, host.size() - 2);
+    int port = 0;
+    try {
+        if (colon != std::string::npos)
+            port = std::stoi(text.substr(colon + 1));
+    } catch (const std::exception&) {
+    }
+    if (host.empty() || port <= 0 || port > 65535)
+        throw config_error("--relay expects HOST:PORT, got \"" + text + "\"");
+    return {host, static_cast<std::uint16_t>(port)};
+}
+
 namespace {
 
 // Counters for --metrics-listen; relaxed atomics, none on the per-byte path (bytes are `traffic`).
@@ -155,10 +172,18 @@ asio::awaitable<void> control_loop(std::shared_ptr<proxy_state> state)
     auto backoff = std::chrono::seconds(1);
     if (auto proxy = client::current_proxy_settings().for_host(device.host()))
         log.info("reaching relay {} through HTTP proxy {}", device.host_name, proxy->display());
-    for (bool first = true; !state->stopping; first = false) {
+    // --relay names the nodes of a cluster: each attempt after a failure or a loss dials the next.
+    std::vector<target> relays = state->opts.relays;
+    if (relays.empty())
+        relays.push_back({device.host(), device.port()});
+    std::size_t turn = 0;
+    for (bool first = true; !state->stopping; first = false, turn = (turn + 1) % relays.size()) {
         if (!first)
             state->metrics.reconnect_attempts++;
-        auto connection = co_await client::device_connection::connect(*state->tls, device);
+        const target& relay = relays[turn];
+        if (state->opts.relays.size() > 0)
+            log.info("connecting to relay {}", describe(relay));
+        auto connection = co_await client::device_connection::connect(*state->tls, device, relay.host, relay.port);
         auto& f = std::get<0>(connection);
         auto& conn = std::get<1>(connection);
         std::string why;
@@ -172,7 +197,8 @@ asio::awaitable<void> control_loop(std::shared_ptr<proxy_state> state)
                 co_return;
             }
         } else {
-            log.info("connected to relay {} as device {}", device.host_name, device.device_id);
+            log.info("connected to relay {} as device {}",
+                     state->opts.relays.empty() ? device.host_name : describe(relay), device.device_id);
             {
                 std::lock_guard lock(state->connection_mutex);
                 state->connection = conn;

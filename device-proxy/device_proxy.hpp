@@ -7,6 +7,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <vector>
 #include "common/connection_string.hpp"
 
 namespace sg::device_proxy {
@@ -20,6 +21,7 @@ struct options {
     connection_string device;
     target default_target;                    // used when services is empty
     std::map<std::string, target> services;   // stream name -> target; others are rejected
+    std::vector<target> relays;               // --relay: relays to dial in turn (default: the HostName)
     std::optional<std::filesystem::path> ca_file;
     std::optional<std::filesystem::path> cert, key; // X.509 authentication (x509=true)
     std::chrono::seconds stats_interval{10};  // 0 = off
@@ -35,6 +37,9 @@ struct options {
 
 // "NAME=HOST:PORT" (HOST may be [v6]). Throws config_error.
 std::pair<std::string, target> parse_service_mapping(const std::string& text);
+
+// "HOST:PORT" (HOST may be [v6]) of --relay. Throws config_error.
+target parse_relay_address(const std::string& text);
 
 // Runs until SIGTERM/SIGINT (or a 401 with exit_on_auth_failure); returns the exit code.
 int run(const options& o);

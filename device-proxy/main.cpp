@@ -32,6 +32,11 @@ int main(int argc, char** argv)
     app.add_option("target-port,--target-port", port, "Default target port, e.g. 22 (required unless --service)");
     app.add_option("--service", services, "NAME=HOST:PORT: serve stream name NAME from HOST:PORT (repeatable); "
                                           "with any --service, unknown stream names are rejected");
+    std::vector<std::string> relays;
+    app.add_option("--relay", relays,
+                   "HOST:PORT of a relay to connect to instead of the connection string's HostName (repeatable: the "
+                   "nodes of a cluster, tried in turn on every reconnection; the SAS token still names the HostName)")
+        ->allow_extra_args(false); // one HOST:PORT per --relay: the positionals may follow
     app.add_option("--ca-file", ca_file, "CA certificate(s) to verify the relay with (default: system store)");
     std::string cert, key;
     app.add_option("--cert", cert, "Device certificate (PEM) for X.509 authentication (connection string with x509=true)");
@@ -68,6 +73,8 @@ int main(int argc, char** argv)
         o.device = sg::parse_connection_string(connection);
         if (!o.device.is_device())
             throw sg::config_error("this is not a device connection string (it has no DeviceId)");
+        for (auto& r : relays)
+            o.relays.push_back(dp::parse_relay_address(r));
         for (auto& s : services)
             o.services.insert(dp::parse_service_mapping(s));
         if (o.services.empty()) {

@@ -9,6 +9,7 @@
 #include "common/connection_string.hpp"
 #include "common/http_server.hpp"
 #include "common/prometheus.hpp"
+#include "relay/cluster.hpp"
 #include "relay/internal.hpp"
 
 namespace sg::relay {
@@ -101,6 +102,17 @@ std::string metrics_text(relay_state& state)
     prom::sample(out, "streamgate_streams_pending", {}, static_cast<std::uint64_t>(pending_streams(state)));
     prom::family(out, "streamgate_ready", "gauge", "1 while the relay accepts new connections, 0 while starting or draining.");
     prom::sample(out, "streamgate_ready", {}, static_cast<std::uint64_t>(state.ready && !state.stopping ? 1 : 0));
+    if (auto cluster = state.cluster) {
+        prom::family(out, "streamgate_cluster_fenced", "gauge",
+                     "Cluster mode: 1 while this node has no valid lease (no new streams), else 0.");
+        prom::sample(out, "streamgate_cluster_fenced", {}, static_cast<std::uint64_t>(cluster->fenced() ? 1 : 0));
+        prom::family(out, "streamgate_cluster_stream_requests_total", "counter",
+                     "Cluster mode: stream requests asked of the device's node (sent) and asked of this node by others "
+                     "(received).");
+        prom::sample(out, "streamgate_cluster_stream_requests_total", {{"direction", "sent"}}, cluster->requests_sent());
+        prom::sample(out, "streamgate_cluster_stream_requests_total", {{"direction", "received"}},
+                     cluster->requests_received());
+    }
     state.metrics.write_prometheus(out);
     return out;
 }
@@ -177,6 +189,9 @@ http_reply handle(admin_context& ctx, const std::string& target)
             return {503, "text/plain; charset=utf-8", "draining\n", {}};
         if (!state.ready)
             return {503, "text/plain; charset=utf-8", "starting\n", {}};
+        // Cluster mode: a node without a valid lease takes no new streams; send clients elsewhere.
+        if (auto cluster = state.cluster; cluster && cluster->fenced())
+            return {503, "text/plain; charset=utf-8", "fenced\n", {}};
         return {200, "text/plain; charset=utf-8", "ready\n", {}};
     }
     if (path == "/api/status")

@@ -4,6 +4,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/json.hpp>
 #include "common/crypto.hpp"
+#include "relay/cluster.hpp"
 #include "relay/internal.hpp"
 #include "relay/x509_auth.hpp"
 
@@ -271,6 +272,8 @@ void relay_state::device_online(const std::shared_ptr<control_channel>& channel,
                   replaced->protocol(), channel->protocol());
         replaced->close(codes::connection_replaced, "a newer connection for this device replaced this one");
     }
+    if (cluster)
+        cluster->device_online(channel);
     note_connection_state(*this, id, true);
     metrics.device_connected();
     const auto& credential = channel->credential();
@@ -302,8 +305,11 @@ void relay_state::device_offline(const std::shared_ptr<control_channel>& channel
         return;
     }
     if (current) {
-        note_connection_state(*this, id, false);
+        if (!channel->displaced)
+            note_connection_state(*this, id, false);
         abandon_device_streams(id);
+        if (cluster)
+            cluster->device_offline(channel);
     }
     log->info("event=DeviceDisconnected device={} peer={} protocol={} reason=\"{}\"", id, peer, channel->protocol(), reason);
 }
@@ -327,14 +333,34 @@ asio::awaitable<http::response<http::string_body>> open_stream(std::shared_ptr<r
                    ? std::chrono::seconds(fallback)
                    : std::chrono::seconds(value);
     };
-    auto connect_timeout = seconds_header("iothub-streaming-connect-timeout-in-seconds", 60);
-    auto response_timeout = seconds_header("iothub-streaming-response-timeout-in-seconds", 60);
+    stream_offer offer{r.device_id, r.stream_name, seconds_header("iothub-streaming-connect-timeout-in-seconds", 60),
+                       seconds_header("iothub-streaming-response-timeout-in-seconds", 60)};
 
     if (!state->reg->find_device(r.device_id)) {
         state->metrics.stream_rejected(rejection::device_not_found);
         co_return error_response(req, codes::device_not_found, "device " + r.device_id + " is not registered");
     }
+    if (state->cluster && state->cluster->fenced()) {
+        state->log->warn("event=StreamRejected device={} stream={} result=503001 reason=\"this node has no valid cluster "
+                         "lease\"", r.device_id, r.stream_name);
+        co_return error_response(req, codes::relay_shutting_down,
+                                 "this relay cannot renew its cluster lease; try another relay or later");
+    }
     auto channel = state->find_device(r.device_id);
+    if (!channel && state->cluster) {
+        auto res = co_await state->cluster->open_remote_stream(req, std::move(offer));
+        co_return res;
+    }
+    auto res = co_await offer_stream(state, req, std::move(offer), std::move(channel));
+    co_return res;
+}
+
+asio::awaitable<http::response<http::string_body>> offer_stream(std::shared_ptr<relay_state> state, const request_type& req,
+                                                                stream_offer offer, std::shared_ptr<control_channel> channel)
+{
+    const auto& r = offer; // device_id, stream_name
+    const auto connect_timeout = offer.connect_timeout;
+    const auto response_timeout = offer.response_timeout;
     if (!channel) {
         state->log->info("event=StreamRejected device={} stream={} result=404103 reason=\"device not online\"", r.device_id,
                          r.stream_name);
@@ -361,7 +387,7 @@ asio::awaitable<http::response<http::string_body>> open_stream(std::shared_ptr<r
     pending->device_token = random_token();
     pending->requested_at = std::chrono::steady_clock::now();
     pending->expires_at = pending->requested_at + response_timeout + connect_timeout;
-    std::string url = "wss://" + state->host_name + "/bridges/" + state->hub_name + "/" + url_encode(r.device_id) + "/" +
+    std::string url = state->stream_url_base + "/bridges/" + state->hub_name + "/" + url_encode(r.device_id) + "/" +
                       pending->stream_id;
     {
         std::lock_guard lock(state->streams_mutex);

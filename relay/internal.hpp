@@ -49,6 +49,9 @@ public:
     const std::string& credential() const { return credential_; }
     const char* protocol() const { return protocol_; } // "websocket" or "mqtt", for logs
     const std::chrono::system_clock::time_point connected_at = std::chrono::system_clock::now();
+    // Cluster mode: a newer connection on another node replaced this one (that node now says
+    // whether the device is connected).
+    std::atomic<bool> displaced{false};
     // Thread-safe, like everything here.
     void send_request(const protocol::stream_request_message& m, std::shared_ptr<pending_answer> waiter);
     void forget_request(const std::string& request_id);
@@ -104,6 +107,14 @@ struct pending_stream {
     bool device_lost = false;          // the device's control connection ended before it joined
 };
 
+class cluster_node; // cluster.hpp
+
+// What a stream request asks of the device's node, wherever it arrived.
+struct stream_offer {
+    std::string device_id, stream_name;
+    std::chrono::seconds connect_timeout{60}, response_timeout{60};
+};
+
 struct relay_state {
     relay_options options;
     std::string host_name;    // as in connection strings, with :port unless 443
@@ -124,6 +135,8 @@ struct relay_state {
     std::atomic<std::uint64_t> active_streams{0};
     relay_metrics metrics;
     std::atomic<bool> ready{false}; // registry open and the main listener accepting
+    std::string stream_url_base;    // wss://host:port that streaming URLs name (--public-url)
+    std::shared_ptr<cluster_node> cluster; // cluster mode (--cluster-listen), else null
 
     std::shared_ptr<control_channel> find_device(const std::string& id);
     void expire_streams(); // drops streams nobody joined in time
@@ -160,6 +173,12 @@ asio::awaitable<void> serve_bridge(std::shared_ptr<relay_state> state, tls_strea
 asio::awaitable<http::response<http::string_body>> open_stream(std::shared_ptr<relay_state> state,
                                                                const request_type& req, const route& r,
                                                                const std::string& peer);
+
+// The device's side of a stream request, on the node that holds its control connection: admission,
+// the pending stream, the request to the device and its answer as the POST's response.
+asio::awaitable<http::response<http::string_body>> offer_stream(std::shared_ptr<relay_state> state,
+                                                                const request_type& req, stream_offer offer,
+                                                                std::shared_ptr<control_channel> channel);
 
 http::response<http::string_body> error_response(const request_type& req, int code, std::string_view message);
 

@@ -76,6 +76,22 @@ int main(int argc, char** argv)
         ->capture_default_str();
     auto* admin_listen = app.add_option("--admin-listen", options.admin_listen,
         "Plain-HTTP admin listener ADDR:PORT for /metrics, /healthz, /readyz and the status page (\"off\" = none)")->capture_default_str();
+    options.cluster_listen = "off";
+    app.add_option("--cluster-listen", options.cluster_listen,
+                   "Cluster mode: TLS listener ADDR:PORT where the other relays on the same PostgreSQL --registry ask "
+                   "this one for streams to the devices it holds (requests signed with the cluster's shared secret, "
+                   "kept in the database); \"off\" = a single relay")
+        ->capture_default_str();
+    app.add_option("--node-id", options.node_id,
+                   "Cluster mode: this relay's name among the nodes, 1-64 of A-Z a-z 0-9 . _ - (default: the host name)");
+    app.add_option("--public-url", options.public_url,
+                   "The address streams to this relay's devices join, wss://HOST:PORT or HOST:PORT, named in streaming "
+                   "URLs (default: wss:// and the HostName of connection strings)");
+    double cluster_lease = 10;
+    app.add_option("--cluster-lease", cluster_lease,
+                   "Cluster mode: seconds a node's lease lasts; renewed every quarter of it. A node that cannot renew "
+                   "it stops taking new streams; the others ignore a node whose lease lapsed")
+        ->capture_default_str()->check(CLI::Range(0.4, 3600.0));
     app.add_flag("-v,--verbose", options.verbose, "Debug logging");
     sg::cli::add_common_options(app, std::string("streamgate-relay ") + sg::version);
     sg::cli::add_default_env_names(app);
@@ -111,6 +127,9 @@ int main(int argc, char** argv)
     options.handshake_timeout = std::chrono::seconds(handshake);
     options.clock_skew = std::chrono::seconds(std::max(0, clock_skew));
     options.idle_stream_timeout = std::chrono::seconds(std::max(0, idle_stream));
+    options.cluster_lease = std::chrono::milliseconds(static_cast<long>(cluster_lease * 1000));
+    if (options.cluster_listen == "off")
+        options.cluster_listen.clear();
     sg::set_default_liveness(sg::liveness{std::chrono::seconds(30), std::chrono::seconds(std::max(1, ping_interval))});
     if (sg::cli::print_config_requested(app)) {
         std::cout << sg::cli::effective_config(app);

@@ -147,6 +147,19 @@ bool connection::poll_notifications(std::vector<int>& sender_pids)
     return true;
 }
 
+bool connection::poll_notifications(std::vector<notification>& received)
+{
+    if (!conn_ || PQstatus(conn_) != CONNECTION_OK)
+        return false;
+    if (!PQconsumeInput(conn_) || PQstatus(conn_) != CONNECTION_OK)
+        return false;
+    while (PGnotify* n = PQnotifies(conn_)) {
+        received.push_back({n->be_pid, n->relname ? n->relname : "", n->extra ? n->extra : ""});
+        PQfreemem(n);
+    }
+    return true;
+}
+
 void connection::fail(const char* what, std::string_view detail, bool lost) const
 {
     std::string message = "registry " + redacted_ + ": " + what + ": " + std::string(detail);

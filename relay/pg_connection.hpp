@@ -59,6 +59,12 @@ public:
     // LISTEN support: reads what the server sent (never blocks) and appends the sending backend
     // pid of each notification received; false when the connection is lost.
     bool poll_notifications(std::vector<int>& sender_pids);
+    struct notification {
+        int sender_pid = 0;
+        std::string channel, payload;
+    };
+    // The same with each notification's channel and payload.
+    bool poll_notifications(std::vector<notification>& received);
 
     const std::string& redacted_url() const { return redacted_; }
     [[noreturn]] void fail(const char* what, std::string_view detail, bool lost) const;

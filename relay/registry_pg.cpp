@@ -19,7 +19,7 @@ namespace {
 
 // Migrations, applied in order inside one transaction under an advisory lock; schema_version
 // holds the last one applied. Version 1 is SQLite's version 2 (devices, policies, settings,
-// audit) plus the notification triggers. Later versions (cluster presence, leases) append here.
+// audit) plus the notification triggers; version 2 adds cluster mode's tables.
 constexpr const char* migrations[] = {
     R"sql(
 CREATE TABLE devices (
@@ -52,6 +52,24 @@ CREATE TRIGGER policies_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON 
 CREATE TRIGGER settings_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON settings
     FOR EACH STATEMENT EXECUTE FUNCTION streamgate_notify();
 CREATE TRIGGER audit_appended AFTER INSERT ON audit FOR EACH STATEMENT EXECUTE FUNCTION streamgate_notify();
+)sql",
+    // Version 2, cluster mode (relay/cluster_store.cpp): node leases, presence, the nodes' shared
+    // secret. Leases and presence are UNLOGGED: after a database crash they are empty, which is
+    // right (every node re-registers and re-claims its devices within a heartbeat). Lease times
+    // are the database's clock, so nodes' clocks need not agree.
+    R"sql(
+CREATE UNLOGGED TABLE cluster_nodes (
+    node_id text PRIMARY KEY, epoch text NOT NULL, public_url text NOT NULL,
+    cluster_address text NOT NULL, certificate_sha256 text NOT NULL,
+    started timestamptz NOT NULL, lease_until timestamptz NOT NULL
+);
+CREATE SEQUENCE presence_claims;
+CREATE UNLOGGED TABLE presence (
+    device_id text PRIMARY KEY, node_id text NOT NULL, epoch text NOT NULL,
+    claim bigint NOT NULL, since timestamptz NOT NULL
+);
+CREATE INDEX presence_by_node ON presence (node_id, epoch);
+CREATE TABLE cluster_secret (id integer PRIMARY KEY CHECK (id = 1), secret text NOT NULL);
 )sql",
 };
 constexpr int schema_version = static_cast<int>(std::size(migrations));

@@ -31,6 +31,11 @@ struct relay_options {
     std::string mqtt_listen;                      // MQTT over TLS for IoT Hub device code; "" or "off" = none
     std::string admin_listen = "127.0.0.1:9464";  // metrics, health, status page; "" or "off" = none
     bool admin_listen_required = false;           // set explicitly: failing to bind it is fatal
+    // Cluster mode (docs/CLUSTER.md): several relays on one PostgreSQL registry.
+    std::string cluster_listen;                   // node-to-node TLS listener ADDR:PORT; "" or "off" = single node
+    std::string node_id;                          // this node's name (default: the machine's host name)
+    std::string public_url;                       // wss://host:port streams to this node's devices join (default: from --host-name)
+    std::chrono::milliseconds cluster_lease{10000}; // a node not renewing for this long is dead to the others
     bool verbose = false;
 };
 

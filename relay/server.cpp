@@ -14,6 +14,7 @@
 #include "common/tls.hpp"
 #include "relay/admin_http.hpp"
 #include "relay/certificates.hpp"
+#include "relay/cluster.hpp"
 #include "relay/data_dir.hpp"
 #include "relay/device_json.hpp"
 #include "relay/internal.hpp"
@@ -361,6 +362,23 @@ asio::awaitable<void> accept_loop(std::shared_ptr<relay_state> state, tcp::accep
     }
 }
 
+// Where streaming URLs point: --public-url (wss://host:port or host:port), else the HostName.
+std::string stream_url_base(std::string public_url, const std::string& host_name)
+{
+    if (public_url.empty())
+        return "wss://" + host_name;
+    if (public_url.starts_with("https://"))
+        public_url = "wss://" + public_url.substr(8);
+    if (!public_url.starts_with("wss://"))
+        public_url = "wss://" + public_url;
+    while (public_url.ends_with("/"))
+        public_url.pop_back();
+    auto authority = public_url.substr(6);
+    if (authority.empty() || authority.find('/') != std::string::npos)
+        throw config_error("--public-url: expected wss://HOST:PORT, got \"" + public_url + "\"");
+    return public_url;
+}
+
 asio::awaitable<void> housekeeping(std::shared_ptr<relay_state> state)
 {
     asio::steady_timer timer(co_await asio::this_coro::executor);
@@ -442,7 +460,13 @@ int run_relay(const relay_options& options)
     // Recorded before the port opens: admin commands run right after see this relay's name.
     state->host_name = public_host_name(options.host_name, listen.host, port);
     state->reg->set_setting("host_name", state->host_name);
-    state->reg->mark_all_disconnected();
+    state->stream_url_base = stream_url_base(options.public_url, state->host_name);
+    // Cluster mode: joined before the port opens, so the first device's presence is written.
+    // The other nodes' devices are theirs to mark connected or not.
+    if (!options.cluster_listen.empty())
+        state->cluster = cluster_node::start(state, ioc, cert);
+    else
+        state->reg->mark_all_disconnected();
     acceptor.listen(asio::socket_base::max_listen_connections);
 
     std::vector<std::string> names{"localhost", "127.0.0.1", "::1"};
@@ -489,6 +513,8 @@ int run_relay(const relay_options& options)
             acceptor.close(ignored);
             mqtt_acceptor.close(ignored);
         });
+        if (state->cluster)
+            state->cluster->stop_accepting();
         std::vector<std::shared_ptr<control_channel>> channels;
         {
             std::lock_guard lock(state->devices_mutex);
@@ -499,7 +525,12 @@ int run_relay(const relay_options& options)
             ch->close(codes::relay_shutting_down, "relay is shutting down");
     };
     pool.run(std::move(stop), *log);
-    state->reg->mark_all_disconnected();
+    if (state->cluster) {
+        state->cluster->stop();
+        state->cluster.reset(); // it holds the state: the cycle ends here
+    } else {
+        state->reg->mark_all_disconnected();
+    }
     return 0;
 }
 

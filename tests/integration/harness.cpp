@@ -867,7 +867,15 @@ relay_fixture::relay_fixture() : relay_fixture(relay_config{}) {}
 
 relay_fixture::relay_fixture(relay_config config)
     : config_(std::move(config)), data_dir_(dir_ / "sg"), port_(free_port()) {
-    // The data dir is not created here: the relay's first start must create it.
+    // The data dir is not created here unless a CA is handed over: the relay's first start must create it.
+    if (!config_.ca_from.empty()) {
+        fs::create_directories(data_dir_);
+        fs::permissions(data_dir_, fs::perms::owner_all, fs::perm_options::replace);
+        for (const char* f : {"ca.pem", "ca.key"})
+            fs::copy_file(config_.ca_from / f, data_dir_ / f);
+        fs::permissions(data_dir_ / "ca.key", fs::perms::owner_read | fs::perms::owner_write,
+                        fs::perm_options::replace);
+    }
     start();
 }
 

@@ -296,6 +296,9 @@ struct relay_config {
     std::vector<std::string> args{};    // extra options, e.g. {"--ping-interval", "1"}
     std::vector<std::string> prefix{};  // command prefix, e.g. {"ip", "netns", "exec", "ns"}
     std::string listen_host = "127.0.0.1";
+    // Copies ca.pem and ca.key from this data directory before the first start: relays that
+    // share a CA (the nodes of a cluster) issue their certificates from it.
+    std::filesystem::path ca_from{};
 };
 
 class relay_fixture {

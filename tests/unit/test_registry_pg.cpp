@@ -77,7 +77,7 @@ TEST_CASE("postgres registry: versioned schema, created once by concurrent opene
     for (auto& f : openers)
         REQUIRE_NOTHROW(regs.push_back(f.get()));
     CHECK(regs[0]->list_policies().size() == 5);
-    CHECK(pg.psql("schema", "SELECT version FROM schema_version") == "1\n");
+    CHECK(pg.psql("schema", "SELECT version FROM schema_version") == "2\n");
     CHECK(pg.psql("schema", "SELECT count(*) FROM policies") == "5\n");
     CHECK(pg.psql("schema", "SELECT count(*) FROM pg_trigger WHERE tgname LIKE '%_changed' OR tgname = "
                             "'audit_appended'") == "4\n");
