@@ -44,6 +44,11 @@ int main(int argc, char** argv)
     app.add_option("--stats-interval", stats, "Seconds between traffic statistics lines (0 = off)")->capture_default_str();
     app.add_flag("--exit-on-auth-failure", o.exit_on_auth_failure,
                  "Exit (code 3) when the relay refuses the credentials (default: keep retrying)");
+    bool warm_connections = true;
+    app.add_option("--warm-connections", warm_connections,
+                   "After a stream, open the next stream's connection to the relay ahead (TLS handshake done) and keep "
+                   "it 2 s, so streams in a burst start sooner; false: connect only when a stream comes (metered links)")
+        ->capture_default_str();
     app.add_option("--threads", o.threads, "I/O threads (0: one per core). One thread carries several Gbit/s and avoids hand-offs "
                    "between threads, which made two threads cost 50 % more CPU per new stream; more help only "
                    "with many busy streams at once")->capture_default_str();
@@ -97,7 +102,7 @@ int main(int argc, char** argv)
         o.max_backoff = std::chrono::seconds(max_backoff);
         o.backoff_reset = std::chrono::seconds(backoff_reset);
         sg::client::set_proxy_settings(proxy.resolve());
-        sg::client::set_warm_connections(true);
+        sg::client::set_warm_connections(warm_connections);
         sg::set_default_liveness(sg::liveness{std::chrono::seconds(30), std::chrono::seconds(std::max(1, ping_interval))});
         if (sg::cli::print_config_requested(app)) {
             std::cout << sg::cli::effective_config(app);
