@@ -48,8 +48,8 @@ const proxy_settings& current_proxy_settings();
 
 // Streams that come one after another start with a connection opened ahead: after each stream's
 // connection to the relay, another one is opened (TCP and TLS handshake done) and kept for two
-// seconds, for the next stream. Idle processes open nothing. Process-wide, off until set (the
-// proxies and the web gateway turn it on).
+// seconds, for the next stream. Idle processes open nothing. Process-wide, off until set (both
+// proxies turn it on unless --warm-connections false).
 void set_warm_connections(bool on);
 
 // Opens a TLS connection to host:port, trying every address the name resolves to; through the

@@ -1,10 +1,11 @@
 #pragma once
 // The TLS stream of every Streamgate connection (relay and both proxies), in place of Asio's
 // ssl::stream. OpenSSL reads the socket itself through a BIO of ours, so one recv fetches as
-// many records as have arrived and decrypts them straight into the caller's buffer; records
-// written go into one buffer that leaves in one send per message; OpenSSL's record buffers are
-// held only while data is in flight (SSL_MODE_RELEASE_BUFFERS), and there is no engine buffer or
-// BIO pair per connection. Asio's reactor says when the socket is ready.
+// many records as have arrived, and SSL_read copies the plaintext into the caller's buffer (no
+// engine buffer in between); records written go into one buffer that leaves in one send per
+// message; OpenSSL's record buffers are held only while data is in flight
+// (SSL_MODE_RELEASE_BUFFERS), and there is no BIO pair per connection. Asio's reactor says when
+// the socket is ready.
 //
 // The interface is the part of beast::ssl_stream<beast::tcp_stream> Streamgate used, so Beast's
 // HTTP and WebSocket code runs over it: at most one read and one write outstanding, both from
