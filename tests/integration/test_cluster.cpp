@@ -144,6 +144,8 @@ TEST_CASE("cluster: a stream asked of n2 for a device on n1 is created by n1 and
     REQUIRE(c.wait_home("cl-echo", "n1"));
 
     expect_echo(c.n2, c.service_cs(c.n2), "cl-echo");
+    // The echo is back when the client has its bytes; n1 logs the stream's end just after.
+    CHECK(wait_until([&] { return contains(c.n1.relay().stderr_text(), "event=StreamClosed device=cl-echo"); }, 5s));
     const std::string log1 = c.n1.relay().stderr_text(), log2 = c.n2.relay().stderr_text();
     INFO(tail(log1, 3000));
     INFO(tail(log2, 3000));
