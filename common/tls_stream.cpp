@@ -266,6 +266,17 @@ void complete_later(tls_stream::impl& s, Handler handler, Args... args)
     asio::post(s.socket().get_executor(), asio::append(std::move(handler), args...));
 }
 
+// Completes an operation: directly when it went through the reactor (its continuation runs on the
+// handler's executor already), else posted, so no handler runs inside its initiating call.
+template <class Handler, class... Args>
+void complete(tls_stream::impl& s, Handler handler, bool waited, Args... args)
+{
+    if (waited)
+        std::move(handler)(args...);
+    else
+        complete_later(s, std::move(handler), args...);
+}
+
 // Continues a flush once the socket is writable again.
 template <class Handler, class Then>
 struct flusher {
@@ -457,10 +468,7 @@ struct handshake_op {
 
     static void finish(std::unique_ptr<handshake_op> op, error_code ec, bool waited)
     {
-        if (waited)
-            std::move(op->handler)(ec);
-        else
-            complete_later(*op->s, std::move(op->handler), ec);
+        complete(*op->s, std::move(op->handler), waited, ec);
     }
 };
 
@@ -527,10 +535,7 @@ struct read_op {
 
     static void finish(std::unique_ptr<read_op> op, error_code ec, std::size_t n, bool waited)
     {
-        if (waited)
-            std::move(op->handler)(ec, n);
-        else
-            complete_later(*op->s, std::move(op->handler), ec, n);
+        complete(*op->s, std::move(op->handler), waited, ec, n);
     }
 };
 
@@ -609,10 +614,7 @@ void tls_stream::start_write(const std::shared_ptr<impl>& s, const write_buffers
     auto& h = op->handler;
     flush(s, h, [op = std::move(op)](error_code fec, bool waited) mutable {
         std::size_t n = fec ? 0 : op->taken;
-        if (waited)
-            std::move(op->handler)(fec, n);
-        else
-            complete_later(*op->s, std::move(op->handler), fec, n);
+        complete(*op->s, std::move(op->handler), waited, fec, n);
     });
 }
 
@@ -662,10 +664,7 @@ struct shutdown_op {
             op->s->socket().shutdown(tcp::socket::shutdown_both, ignored);
             op->s->socket().close(ignored);
         }
-        if (waited)
-            std::move(op->handler)(ec);
-        else
-            complete_later(*op->s, std::move(op->handler), ec);
+        complete(*op->s, std::move(op->handler), waited, ec);
     }
 };
 
