@@ -385,6 +385,11 @@ TEST_CASE("cluster: a node that cannot renew its lease fences itself, and serves
     CHECK(wait_until([&] { return contains(c.n1.relay().stderr_text(), "event=Unfenced node=n1"); }, 20s));
     CHECK(c.wait_home("cl-fence", "n1", 20s));
     CHECK(wait_until([&] { return contains(c.n1.relay().stderr_text(), "event=PresenceRepublished node=n1"); }, 10s));
+    // n2 lost its lease too and takes no new streams (503001) until it has renewed it: the stream
+    // is asked of n2 once both nodes are ready again.
+    const std::string admin2 = wait_listening_address(c.n2.relay(), "event=AdminListening");
+    CHECK(wait_until([&] { return http_get(admin2, "/readyz").status == 200; }, 20s, 100ms));
+    INFO(tail(c.n2.relay().stderr_text(), 3000));
     expect_echo(c.n2, c.service_cs(c.n2), "cl-fence", 64 * 1024);
     CHECK_FALSE(contains(proxy->stderr_text(), "400027"));
     CHECK(http_get(admin, "/readyz").status == 200);
