@@ -264,6 +264,46 @@ private:
     std::shared_ptr<tcp::socket> socket_;
 };
 
+// A TLS connection carrying bytes as they come (the relay forwarding a WebSocket, still in its
+// frames, to the stream's node); close_notify is end of stream.
+class tls_end {
+public:
+    explicit tls_end(std::shared_ptr<tls_stream> stream) : stream_(std::move(stream)) {}
+    asio::any_io_executor executor() const { return stream_->get_executor(); }
+
+    asio::awaitable<std::tuple<error_code, std::size_t>> read(asio::mutable_buffer buffer)
+    {
+        auto [ec, n] = co_await stream_->async_read_some(buffer, use_nothrow);
+        co_return std::tuple{ec, n};
+    }
+    asio::awaitable<error_code> write(asio::const_buffer data)
+    {
+        auto [ec, n] = co_await asio::async_write(*stream_, data, use_nothrow);
+        co_return ec;
+    }
+    asio::awaitable<error_code> write_eof()
+    {
+        auto [ec] = co_await stream_->async_send_close_notify(use_nothrow);
+        co_return ec;
+    }
+    asio::awaitable<void> close()
+    {
+        error_code ec;
+        stream_->next_layer().socket().close(ec);
+        co_return;
+    }
+    void abort(bool)
+    {
+        asio::post(stream_->get_executor(), [stream = stream_] {
+            error_code ec;
+            stream->next_layer().socket().close(ec);
+        });
+    }
+
+private:
+    std::shared_ptr<tls_stream> stream_;
+};
+
 // A WebSocket carrying raw bytes in binary messages; an empty message is end of stream.
 class ws_end {
 public:

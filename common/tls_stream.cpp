@@ -670,17 +670,18 @@ struct shutdown_op {
 
 } // namespace
 
-void tls_stream::start_shutdown(const std::shared_ptr<impl>& s, bool close_after, done_handler handler)
+void tls_stream::start_shutdown(const std::shared_ptr<impl>& s, shutdown_mode mode, done_handler handler)
 {
-    auto op = std::unique_ptr<shutdown_op>(new shutdown_op{s, close_after, std::move(handler)});
+    auto op = std::unique_ptr<shutdown_op>(new shutdown_op{s, mode == shutdown_mode::then_close, std::move(handler)});
     if (s->fd() < 0)
         return shutdown_op::finish(std::move(op), wait_failure(*s, asio::error::bad_descriptor), false);
     ERR_clear_error();
     int rc = SSL_shutdown(s->ssl); // 1: the peer's close_notify came already; 0: ours is queued
     error_code failed = rc < 0 ? ssl_failure(*s, rc) : error_code{};
     auto& h = op->handler;
-    flush(s, h, [op = std::move(op), rc, failed](error_code ec, bool waited) mutable {
-        if (rc != 0 || ec)
+    bool send_only = mode == shutdown_mode::send_only;
+    flush(s, h, [op = std::move(op), rc, failed, send_only](error_code ec, bool waited) mutable {
+        if (rc != 0 || ec || send_only)
             return shutdown_op::finish(std::move(op), ec ? ec : failed, waited);
         shutdown_op::await_peer(std::move(op), waited);
     });

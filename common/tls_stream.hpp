@@ -101,7 +101,16 @@ public:
     auto async_shutdown(Token&& token)
     {
         return boost::asio::async_initiate<Token, void(boost::system::error_code)>(
-            [impl = impl_](auto handler) { start_shutdown(impl, false, std::move(handler)); }, token);
+            [impl = impl_](auto handler) { start_shutdown(impl, shutdown_mode::await_peer, std::move(handler)); }, token);
+    }
+
+    // Sends close_notify and completes once it left: the end of this direction only (the relay
+    // forwarding a connection to another node passes each side's close_notify on as it comes).
+    template <class Token>
+    auto async_send_close_notify(Token&& token)
+    {
+        return boost::asio::async_initiate<Token, void(boost::system::error_code)>(
+            [impl = impl_](auto handler) { start_shutdown(impl, shutdown_mode::send_only, std::move(handler)); }, token);
     }
 
     // The WebSocket teardown: close_notify both ways, then the TCP connection is closed.
@@ -109,12 +118,13 @@ public:
     auto async_teardown(Token&& token)
     {
         return boost::asio::async_initiate<Token, void(boost::system::error_code)>(
-            [impl = impl_](auto handler) { start_shutdown(impl, true, std::move(handler)); }, token);
+            [impl = impl_](auto handler) { start_shutdown(impl, shutdown_mode::then_close, std::move(handler)); }, token);
     }
 
     struct impl;
 
 private:
+    enum class shutdown_mode { await_peer, then_close, send_only };
     struct write_buffers {
         std::array<boost::asio::const_buffer, 8> buffers;
         std::size_t count = 0;
@@ -124,7 +134,7 @@ private:
     static void start_handshake(const std::shared_ptr<impl>& s, bool client, done_handler handler);
     static void start_read(const std::shared_ptr<impl>& s, boost::asio::mutable_buffer buffer, io_handler handler);
     static void start_write(const std::shared_ptr<impl>& s, const write_buffers& buffers, io_handler handler);
-    static void start_shutdown(const std::shared_ptr<impl>& s, bool close_after, done_handler handler);
+    static void start_shutdown(const std::shared_ptr<impl>& s, shutdown_mode mode, done_handler handler);
 
     std::shared_ptr<impl> impl_;
 };

@@ -112,6 +112,11 @@ std::string metrics_text(relay_state& state)
         prom::sample(out, "streamgate_cluster_stream_requests_total", {{"direction", "sent"}}, cluster->requests_sent());
         prom::sample(out, "streamgate_cluster_stream_requests_total", {{"direction", "received"}},
                      cluster->requests_received());
+        prom::family(out, "streamgate_cluster_joins_total", "counter",
+                     "Cluster mode: stream sides that reached this node for a stream of another node and were forwarded "
+                     "there (forwarded), and those other nodes forwarded to this one (received).");
+        prom::sample(out, "streamgate_cluster_joins_total", {{"direction", "forwarded"}}, cluster->joins_forwarded());
+        prom::sample(out, "streamgate_cluster_joins_total", {{"direction", "received"}}, cluster->joins_received());
     }
     state.metrics.write_prometheus(out);
     return out;

@@ -4,6 +4,7 @@
 #include <boost/asio/detached.hpp>
 #include "common/crypto.hpp"
 #include "common/pump.hpp"
+#include "relay/cluster.hpp"
 #include "relay/internal.hpp"
 
 namespace sg::relay {
@@ -110,6 +111,13 @@ asio::awaitable<void> join_side(std::shared_ptr<relay_state> state, tls_stream s
 asio::awaitable<void> serve_bridge(std::shared_ptr<relay_state> state, tls_stream stream, request_type req, route r,
                                    std::string peer)
 {
+    if (state->cluster) {
+        std::string home_node = stream_home(r.stream_id);
+        if (!home_node.empty() && home_node != state->cluster->node_id()) {
+            co_await state->cluster->forward_join(std::move(stream), std::move(req), std::move(home_node), std::move(peer));
+            co_return;
+        }
+    }
     std::shared_ptr<pending_stream> s;
     stream_side side{};
     auto here = co_await asio::this_coro::executor;

@@ -21,6 +21,7 @@
 #include "common/client.hpp"
 #include "common/config.hpp"
 #include "common/crypto.hpp"
+#include "common/pump.hpp"
 #include "common/tls.hpp"
 #include "relay/cluster_store.hpp"
 #include "relay/data_dir.hpp"
@@ -33,6 +34,7 @@ namespace json = boost::json;
 
 constexpr std::string_view streams_target = "/cluster/v1/streams";
 constexpr std::string_view auth_scheme = "StreamgateCluster ";
+constexpr std::string_view signature_field = "x-streamgate-signature";
 constexpr std::int64_t max_clock_difference = 30; // seconds between a request's time and ours
 constexpr std::size_t max_cluster_body = 16 * 1024;
 
@@ -207,6 +209,63 @@ public:
 
     std::uint64_t requests_sent() const override { return sent_.load(std::memory_order_relaxed); }
     std::uint64_t requests_received() const override { return received_.load(std::memory_order_relaxed); }
+    std::uint64_t joins_forwarded() const override { return joins_forwarded_.load(std::memory_order_relaxed); }
+    std::uint64_t joins_received() const override { return joins_received_.load(std::memory_order_relaxed); }
+
+    asio::awaitable<void> forward_join(tls_stream stream, request_type req, std::string home_id,
+                                       std::string peer) override
+    {
+        auto refuse = [&](int code, std::string why) -> asio::awaitable<void> {
+            log_->warn("event=JoinForwardFailed peer={} home={} code={} reason=\"{}\"", peer, home_id, code, why);
+            auto res = error_response(req, code, why);
+            res.keep_alive(false);
+            co_await http::async_write(stream, res, use_nothrow);
+        };
+        std::optional<cluster_node_record> home;
+        bool registry_down = false;
+        try {
+            home = store_->find_node(home_id);
+        } catch (const registry_unavailable& e) {
+            log_->warn("event=RegistryUnavailable peer={} endpoint=bridge reason=\"{}\"", peer, e.what());
+            registry_down = true;
+        }
+        if (registry_down) {
+            co_await refuse(codes::registry_unavailable, std::string(registry_unavailable_message));
+            co_return;
+        }
+        if (!home) {
+            // Its streams went with it: the same answer as for any stream that is gone.
+            co_await refuse(codes::unauthorized, "no such stream, or it expired (relay " + home_id + " is not live)");
+            co_return;
+        }
+        auto [why, upstream] = co_await connect_to(*home, std::chrono::seconds(5));
+        if (!upstream) {
+            co_await refuse(codes::gateway_timeout, "the stream's relay " + home_id + " cannot be reached: " + why);
+            co_return;
+        }
+        const std::string time = std::to_string(unix_now());
+        req.set("x-streamgate-node", self_.node_id);
+        req.set("x-streamgate-to", home->node_id);
+        req.set("x-streamgate-time", time);
+        req.set("x-streamgate-peer", peer);
+        req.set(signature_field, std::string(auth_scheme) +
+                                     sign(secret_, string_to_sign(req.method_string(), req.target(), self_.node_id,
+                                                                  home->node_id, time, req.body())));
+        upstream->expires_after(std::chrono::seconds(10));
+        auto [wec, wn] = co_await http::async_write(*upstream, req, use_nothrow);
+        if (wec) {
+            co_await refuse(codes::gateway_timeout, "the stream's relay " + home_id + " did not take the join: " + wec.message());
+            co_return;
+        }
+        // From here the bytes are the home's: its WebSocket answer, frames both ways, the closes.
+        upstream->expires_never();
+        joins_forwarded_.fetch_add(1, std::memory_order_relaxed);
+        log_->info("event=JoinForwarded peer={} home={} target=\"{}\"", peer, home_id, std::string(req.target()));
+        auto client = std::make_shared<tls_stream>(std::move(stream));
+        auto result = co_await pump(tls_end(client), tls_end(upstream));
+        log_->info("event=ForwardedJoinClosed peer={} home={} bytesToHome={} bytesFromHome={} result={}", peer, home_id,
+                   result.bytes_a_to_b, result.bytes_b_to_a, result.error ? result.error.message() : "ok");
+    }
 
     void stop_accepting() override
     {
@@ -396,6 +455,36 @@ private:
 
     // ---- the client: asking a device's home ----
 
+    // A TLS connection to `node`'s cluster listener presenting the certificate it registered;
+    // else null and why.
+    asio::awaitable<std::tuple<std::string, std::shared_ptr<tls_stream>>> connect_to(const cluster_node_record& node,
+                                                                                     std::chrono::seconds timeout)
+    {
+        using answer = std::tuple<std::string, std::shared_ptr<tls_stream>>;
+        connection_string probe;
+        probe.host_name = node.cluster_address;
+        std::string host;
+        std::uint16_t port = 0;
+        try {
+            host = probe.host();
+            port = probe.port();
+        } catch (const std::exception&) {
+            co_return answer{"bad cluster address " + node.cluster_address, nullptr};
+        }
+        auto connected = co_await client::connect_tls(client_tls_, host, port, timeout);
+        auto& cf = std::get<0>(connected);
+        auto& stream = std::get<1>(connected);
+        if (cf)
+            co_return answer{cf.describe(), nullptr};
+        X509* peer = SSL_get1_peer_certificate(stream->native_handle());
+        std::string digest = peer ? certificate_digest(peer) : "";
+        if (peer)
+            X509_free(peer);
+        if (digest.empty() || !constant_time_equal(digest, node.certificate_sha256))
+            co_return answer{"its cluster listener presented another certificate than it registered", nullptr};
+        co_return answer{std::string(), std::move(stream)};
+    }
+
     asio::awaitable<http::response<http::string_body>> ask_home(const request_type& req, stream_offer offer,
                                                                 cluster_node_record home)
     {
@@ -409,28 +498,9 @@ private:
             return error_response(req, codes::gateway_timeout,
                                   "the device's relay " + home.node_id + " did not answer in time");
         };
-        connection_string probe;
-        probe.host_name = home.cluster_address;
-        std::string host;
-        std::uint16_t port = 0;
-        try {
-            host = probe.host();
-            port = probe.port();
-        } catch (const std::exception&) {
-            co_return give_up("bad cluster address " + home.cluster_address);
-        }
-        auto connected = co_await client::connect_tls(client_tls_, host, port,
-                                                      std::min<std::chrono::seconds>(budget, std::chrono::seconds(5)));
-        auto& cf = std::get<0>(connected);
-        auto& stream = std::get<1>(connected);
-        if (cf)
-            co_return give_up(cf.describe());
-        X509* peer = SSL_get1_peer_certificate(stream->native_handle());
-        std::string digest = peer ? certificate_digest(peer) : "";
-        if (peer)
-            X509_free(peer);
-        if (digest.empty() || !constant_time_equal(digest, home.certificate_sha256))
-            co_return give_up("its cluster listener presented another certificate than it registered");
+        auto [why, stream] = co_await connect_to(home, std::min<std::chrono::seconds>(budget, std::chrono::seconds(5)));
+        if (!stream)
+            co_return give_up(why);
 
         json::object body{{"deviceId", offer.device_id},
                           {"streamName", offer.stream_name},
@@ -518,7 +588,8 @@ private:
         from = std::string(req["x-streamgate-node"]);
         auto time = std::string(req["x-streamgate-time"]);
         auto to = std::string(req["x-streamgate-to"]);
-        auto authorization = req[http::field::authorization];
+        // A forwarded join keeps its Authorization (the side's token): the signature has its own field.
+        auto authorization = req.count(signature_field) ? req[signature_field] : req[http::field::authorization];
         if (!authorization.starts_with(auth_scheme) || from.empty() || time.empty())
             return {codes::unauthorized, "cluster requests must be signed by a node"};
         if (!valid_node_id(from) || to != self_.node_id)
@@ -593,6 +664,13 @@ private:
             self->log_->warn("event=AuthFailed peer={} endpoint=cluster node=\"{}\" code={} reason=\"{}\"", peer,
                              from.substr(0, 64), f.code, f.message);
             res = error_response(req, f.code, f.message);
+        } else if (route r = match_route(req.target()); r.kind == route_kind::bridge && websocket::is_upgrade(req)) {
+            // A side of a stream created here, whose connection reached another node.
+            self->joins_received_.fetch_add(1, std::memory_order_relaxed);
+            stream.expires_never();
+            std::string via = std::string(req["x-streamgate-peer"]).substr(0, 64) + " via " + from;
+            co_await serve_bridge(self->state_, std::move(stream), std::move(req), std::move(r), std::move(via));
+            co_return;
         } else {
             stream.expires_never(); // the offer has its own deadline (the device's answer)
             try {
@@ -621,7 +699,7 @@ private:
     std::string secret_;
     std::unique_ptr<cluster_store> store_; // used by the cluster thread, and find_home from any thread
     std::atomic<std::chrono::steady_clock::rep> lease_deadline_{0};
-    std::atomic<std::uint64_t> sent_{0}, received_{0};
+    std::atomic<std::uint64_t> sent_{0}, received_{0}, joins_forwarded_{0}, joins_received_{0};
 
     std::mutex claims_mutex_;
     std::unordered_map<std::string, local_claim> claims_; // device -> this node's connection
@@ -636,6 +714,12 @@ private:
 };
 
 } // namespace
+
+std::string stream_home(std::string_view stream_id)
+{
+    auto dot = stream_id.rfind('.');
+    return dot == std::string_view::npos ? std::string() : std::string(stream_id.substr(0, dot));
+}
 
 std::shared_ptr<cluster_node> cluster_node::start(std::shared_ptr<relay_state> state, asio::io_context& ioc,
                                                   const std::filesystem::path& certificate_chain)

@@ -38,9 +38,19 @@ public:
     virtual asio::awaitable<http::response<http::string_body>> open_remote_stream(const request_type& req,
                                                                                   stream_offer offer) = 0;
 
+    // A side joining a stream created by another node (all nodes behind one address): the
+    // WebSocket upgrade goes on, signed, to that node's cluster listener and the connection's
+    // bytes are carried both ways until either end closes. `home` is the node named by the
+    // stream id (stream_home).
+    virtual asio::awaitable<void> forward_join(tls_stream stream, request_type req, std::string home,
+                                               std::string peer) = 0;
+
     // For /metrics: stream requests this node asked of a home, and those other nodes asked of it.
     virtual std::uint64_t requests_sent() const = 0;
     virtual std::uint64_t requests_received() const = 0;
+    // Joins this node forwarded to a stream's node, and those forwarded to it.
+    virtual std::uint64_t joins_forwarded() const = 0;
+    virtual std::uint64_t joins_received() const = 0;
 
     // SIGTERM: the cluster listener closes (in-flight requests finish).
     virtual void stop_accepting() = 0;
@@ -48,5 +58,8 @@ public:
     // rows deleted, so others see its devices offline at once).
     virtual void stop() = 0;
 };
+
+// The node that created a stream, from its id ("{nodeId}.{hex}"); "" for a single relay's id.
+std::string stream_home(std::string_view stream_id);
 
 } // namespace sg::relay

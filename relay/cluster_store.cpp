@@ -131,11 +131,23 @@ void cluster_store::release_all_but(const std::vector<std::string>& held, const 
 
 std::optional<cluster_node_record> cluster_store::find_home(const std::string& device)
 {
-    std::lock_guard lock(lookup_mutex_);
-    const char* sql =
+    return look_up(
         "SELECT n.node_id, n.epoch, n.public_url, n.cluster_address, n.certificate_sha256 FROM presence p JOIN "
-        "cluster_nodes n ON n.node_id = p.node_id AND n.epoch = p.epoch WHERE p.device_id = $1 AND n.lease_until > now()";
-    auto run = [&] { return lookup_->exec(sql, {device}, "find a device's node"); };
+        "cluster_nodes n ON n.node_id = p.node_id AND n.epoch = p.epoch WHERE p.device_id = $1 AND n.lease_until > now()",
+        device, "find a device's node");
+}
+
+std::optional<cluster_node_record> cluster_store::find_node(const std::string& node_id)
+{
+    return look_up("SELECT node_id, epoch, public_url, cluster_address, certificate_sha256 FROM cluster_nodes "
+                   "WHERE node_id = $1 AND lease_until > now()",
+                   node_id, "find a node");
+}
+
+std::optional<cluster_node_record> cluster_store::look_up(const char* sql, const std::string& key, const char* what)
+{
+    std::lock_guard lock(lookup_mutex_);
+    auto run = [&] { return lookup_->exec(sql, {key}, what); };
     pg::result r;
     try {
         r = run();

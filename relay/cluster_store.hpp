@@ -74,6 +74,8 @@ public:
     // The live node holding `device`, if any (a separate connection behind a mutex: safe from
     // any thread, one round trip).
     std::optional<cluster_node_record> find_home(const std::string& device);
+    // The live node `node_id` (same connection and rules).
+    std::optional<cluster_node_record> find_node(const std::string& node_id);
 
     // LISTENs on presence_channel (on a third connection) and reads what arrived without
     // blocking. False when it had to LISTEN anew (the first call, or after the connection was
@@ -81,6 +83,8 @@ public:
     bool poll_claims(std::vector<presence_claim>& out);
 
 private:
+    std::optional<cluster_node_record> look_up(const char* sql, const std::string& key, const char* what);
+
     std::string url_;
     std::unique_ptr<pg::connection> db_;     // the cluster thread's writes
     std::unique_ptr<pg::connection> lookup_; // find_home, from I/O threads

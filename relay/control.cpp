@@ -381,6 +381,8 @@ asio::awaitable<http::response<http::string_body>> offer_stream(std::shared_ptr<
     auto pending = std::make_shared<pending_stream>();
     pending->slot = std::move(admitted.slot);
     pending->stream_id = to_lower(hex_upper(random_bytes(16)));
+    if (state->cluster) // any node that takes a side's connection finds the stream's node by its id
+        pending->stream_id = state->cluster->node_id() + "." + pending->stream_id;
     pending->device_id = r.device_id;
     pending->stream_name = r.stream_name;
     pending->service_token = random_token();

@@ -36,15 +36,19 @@ bool split_segments(std::string_view path, std::vector<std::string>& out, std::s
 
 route invalid(std::string reason) { return route{route_kind::invalid, {}, {}, {}, {}, std::move(reason)}; }
 
-bool valid_token_segment(const std::string& s)
+bool valid_token_segment(const std::string& s, bool dots)
 {
-    if (s.empty() || s.size() > 128)
+    if (s.empty() || s.size() > 128 || s == "." || s == "..")
         return false;
     for (unsigned char c : s)
-        if (!(std::isalnum(c) || c == '-' || c == '_'))
+        if (!(std::isalnum(c) || c == '-' || c == '_' || (dots && c == '.')))
             return false;
     return true;
 }
+
+bool valid_hub_segment(const std::string& s) { return valid_token_segment(s, false); }
+// A cluster node's stream ids are "{nodeId}.{hex}" (node ids may hold '.' too).
+bool valid_stream_id_segment(const std::string& s) { return valid_token_segment(s, true); }
 
 } // namespace
 
@@ -78,7 +82,7 @@ route match_route(std::string_view target)
     if (seg.size() == 3 && seg[0] == "devices" && seg[2] == "streams")
         return with_device(route_kind::device_control, seg[1]);
     if (seg.size() == 4 && seg[0] == "bridges") {
-        if (!valid_token_segment(seg[1]) || !valid_token_segment(seg[3]))
+        if (!valid_hub_segment(seg[1]) || !valid_stream_id_segment(seg[3]))
             return invalid("malformed streaming endpoint");
         route r = with_device(route_kind::bridge, seg[2]);
         if (r.kind != route_kind::invalid) {

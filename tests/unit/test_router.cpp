@@ -271,15 +271,19 @@ TEST_CASE("router: non-ASCII and invalid UTF-8 device ids are invalid", "[router
     require_invalid("/devices/a%5Cb", "invalid device id"); // backslash
 }
 
-TEST_CASE("router: bridge hub and streamId are restricted to [A-Za-z0-9_-]", "[router]")
+TEST_CASE("router: bridge hub is restricted to [A-Za-z0-9_-], streamId to [A-Za-z0-9_.-]", "[router]")
 {
     for (const char* bad_hub : {"hub.x", "hub%2Ex", "h+b", "h%40b", "h%C3%A9", "~hub", "h:b"}) {
         require_invalid("/bridges/"s + bad_hub + "/dev1/sid", "malformed streaming endpoint");
     }
-    for (const char* bad_sid : {"s.i", "s+i", "s%20i", "s%C3%A9", "s*i", "..", "."}) {
+    for (const char* bad_sid : {"s+i", "s%20i", "s%C3%A9", "s*i", "..", "."}) {
         require_invalid("/bridges/hub/dev1/"s + bad_sid, "malformed streaming endpoint");
     }
     require_invalid("/bridges//dev1/sid", "malformed streaming endpoint");
+    // A cluster node's stream id names the node: "{nodeId}.{hex}".
+    auto clustered = match_route("/bridges/hub/dev1/n1.eu-west.0123abcd");
+    REQUIRE(clustered.kind == route_kind::bridge);
+    CHECK(clustered.stream_id == "n1.eu-west.0123abcd");
     // 128 characters is the maximum.
     auto ok = match_route("/bridges/" + std::string(128, 'h') + "/dev1/" + std::string(128, 's'));
     REQUIRE(ok.kind == route_kind::bridge);
