@@ -10,6 +10,7 @@
 #include "common/http_server.hpp"
 #include "common/prometheus.hpp"
 #include "relay/cluster.hpp"
+#include "relay/registry_cache.hpp"
 #include "relay/internal.hpp"
 
 namespace sg::relay {
@@ -102,6 +103,12 @@ std::string metrics_text(relay_state& state)
     prom::sample(out, "streamgate_streams_pending", {}, static_cast<std::uint64_t>(pending_streams(state)));
     prom::family(out, "streamgate_ready", "gauge", "1 while the relay accepts new connections, 0 while starting or draining.");
     prom::sample(out, "streamgate_ready", {}, static_cast<std::uint64_t>(state.ready && !state.stopping ? 1 : 0));
+    if (state.reg_cache) {
+        prom::family(out, "streamgate_registry_cache_served_total", "counter",
+                     "PostgreSQL registry: device and policy look-ups answered from the credential cache because the "
+                     "database could not be reached (--registry-cache-ttl).");
+        prom::sample(out, "streamgate_registry_cache_served_total", {}, state.reg_cache->served_from_cache());
+    }
     if (auto cluster = state.cluster) {
         prom::family(out, "streamgate_cluster_fenced", "gauge",
                      "Cluster mode: 1 while this node has no valid lease (no new streams), else 0.");

@@ -336,15 +336,17 @@ asio::awaitable<http::response<http::string_body>> open_stream(std::shared_ptr<r
     stream_offer offer{r.device_id, r.stream_name, seconds_header("iothub-streaming-connect-timeout-in-seconds", 60),
                        seconds_header("iothub-streaming-response-timeout-in-seconds", 60)};
 
-    if (!state->reg->find_device(r.device_id)) {
+    if (!state->credentials->find_device(r.device_id)) {
         state->metrics.stream_rejected(rejection::device_not_found);
         co_return error_response(req, codes::device_not_found, "device " + r.device_id + " is not registered");
     }
     if (state->cluster && state->cluster->fenced()) {
         state->log->warn("event=StreamRejected device={} stream={} result=503001 reason=\"this node has no valid cluster "
                          "lease\"", r.device_id, r.stream_name);
-        co_return error_response(req, codes::relay_shutting_down,
-                                 "this relay cannot renew its cluster lease; try another relay or later");
+        auto res = error_response(req, codes::relay_shutting_down,
+                                  "this relay cannot renew its cluster lease; try another relay or later");
+        res.set(http::field::retry_after, "5");
+        co_return res;
     }
     auto channel = state->find_device(r.device_id);
     if (!channel && state->cluster) {

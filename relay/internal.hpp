@@ -107,7 +107,8 @@ struct pending_stream {
     bool device_lost = false;          // the device's control connection ended before it joined
 };
 
-class cluster_node; // cluster.hpp
+class cluster_node;        // cluster.hpp
+class registry_cache_view; // registry_cache.hpp
 
 // What a stream request asks of the device's node, wherever it arrived.
 struct stream_offer {
@@ -120,6 +121,11 @@ struct relay_state {
     std::string host_name;    // as in connection strings, with :port unless 443
     std::string hub_name;
     std::unique_ptr<registry> reg;
+    // Credential look-ups (the authenticator, a stream's device check): reg itself, or with
+    // PostgreSQL its cache (--registry-cache-ttl), reg_cache then its view.
+    registry* credentials = nullptr;
+    std::unique_ptr<registry> credential_cache;
+    registry_cache_view* reg_cache = nullptr;
     std::unique_ptr<authenticator> auth;
     std::shared_ptr<asio::ssl::context> tls;
     std::shared_ptr<spdlog::logger> log;

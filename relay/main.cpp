@@ -87,6 +87,12 @@ int main(int argc, char** argv)
     app.add_option("--public-url", options.public_url,
                    "The address streams to this relay's devices join, wss://HOST:PORT or HOST:PORT, named in streaming "
                    "URLs (default: wss:// and the HostName of connection strings)");
+    int registry_cache_ttl = 60;
+    app.add_option("--registry-cache-ttl", registry_cache_ttl,
+                   "PostgreSQL registry: while the database cannot be reached, device and policy credentials read "
+                   "from it in the last this many seconds still authenticate (never past a change this relay has "
+                   "seen); 0 = none")
+        ->capture_default_str()->check(CLI::Range(0, 86400));
     double cluster_lease = 10;
     app.add_option("--cluster-lease", cluster_lease,
                    "Cluster mode: seconds a node's lease lasts; renewed every quarter of it. A node that cannot renew "
@@ -127,6 +133,7 @@ int main(int argc, char** argv)
     options.handshake_timeout = std::chrono::seconds(handshake);
     options.clock_skew = std::chrono::seconds(std::max(0, clock_skew));
     options.idle_stream_timeout = std::chrono::seconds(std::max(0, idle_stream));
+    options.registry_cache_ttl = std::chrono::seconds(registry_cache_ttl);
     options.cluster_lease = std::chrono::milliseconds(static_cast<long>(cluster_lease * 1000));
     if (options.cluster_listen == "off")
         options.cluster_listen.clear();

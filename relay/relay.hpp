@@ -31,6 +31,7 @@ struct relay_options {
     std::string mqtt_listen;                      // MQTT over TLS for IoT Hub device code; "" or "off" = none
     std::string admin_listen = "127.0.0.1:9464";  // metrics, health, status page; "" or "off" = none
     bool admin_listen_required = false;           // set explicitly: failing to bind it is fatal
+    std::chrono::seconds registry_cache_ttl{60};  // PostgreSQL down: credentials read this recently still serve
     // Cluster mode (docs/CLUSTER.md): several relays on one PostgreSQL registry.
     std::string cluster_listen;                   // node-to-node TLS listener ADDR:PORT; "" or "off" = single node
     std::string node_id;                          // this node's name (default: the machine's host name)

@@ -15,6 +15,7 @@
 #include "relay/admin_http.hpp"
 #include "relay/certificates.hpp"
 #include "relay/cluster.hpp"
+#include "relay/registry_cache.hpp"
 #include "relay/data_dir.hpp"
 #include "relay/device_json.hpp"
 #include "relay/internal.hpp"
@@ -394,13 +395,21 @@ asio::awaitable<void> housekeeping(std::shared_ptr<relay_state> state)
         if (now == seen)
             continue;
         try {
-            for (const auto& e : state->reg->audit_after(audited, 1000)) {
+            constexpr std::size_t batch = 1000;
+            auto entries = state->reg->audit_after(audited, batch);
+            for (const auto& e : entries) {
                 audited = e.id;
+                if (state->reg_cache)
+                    state->reg_cache->forget(e.subject);
                 if (e.actor.starts_with("relay ")) // this relay's own REST changes, logged when made
                     continue;
                 log_registry_change(*state->log, e);
             }
             state->revalidate_devices();
+            if (entries.size() == batch)
+                continue; // more to read before the change counts as seen
+            if (state->reg_cache)
+                state->reg_cache->changes_applied(now);
             seen = now;
         } catch (const std::exception& e) {
             // The database went away between the notification and the reads: try again next tick.
@@ -423,6 +432,17 @@ int run_relay(const relay_options& options)
     state->log = log;
     auto listen = parse_listen_address(options.listen);
     state->reg = open_registry(options.data_dir, options.registry);
+    state->credentials = state->reg.get();
+    if (is_postgres_url(options.registry) && options.registry_cache_ttl.count() > 0) {
+        state->credential_cache = make_caching_registry(
+            *state->reg, options.registry_cache_ttl,
+            [log](std::string_view kind, std::string_view name, std::chrono::seconds age) {
+                log->info("event=CredentialsFromCache {}={} ageS={} reason=\"registry database unavailable\"", kind, name,
+                          age.count());
+            });
+        state->credentials = state->credential_cache.get();
+        state->reg_cache = dynamic_cast<registry_cache_view*>(state->credential_cache.get());
+    }
     state->hub_name = hub_name(*state->reg);
 
     std::filesystem::path cert, key;
@@ -474,7 +494,7 @@ int run_relay(const relay_options& options)
         names.push_back(n);
     if (!listen.is_wildcard())
         names.push_back(listen.host);
-    state->auth = std::make_unique<authenticator>(*state->reg, names, options.clock_skew);
+    state->auth = std::make_unique<authenticator>(*state->credentials, names, options.clock_skew);
 
     // MQTT over TLS for IoT Hub device code (mqtt.cpp); off unless --mqtt-listen names an address.
     tcp::acceptor mqtt_acceptor(ioc);

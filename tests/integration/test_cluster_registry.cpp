@@ -2,7 +2,7 @@
 // revocations made through one node (a renewed key, a disabled device) cut the device's control
 // connection on the other within a second and refuse it on every node; the admin CLI and REST on
 // different nodes agree on etags (412001 for a stale one); a database restart leaves a live
-// cross-node stream intact while new streams fail with 503002 and work again afterwards without
+// cross-node stream intact while new streams fail with 503002 (503001 once fenced) and work again afterwards without
 // restarting a relay; SSH and 16 MiB each way through a cross-node stream; and `migrate --to`
 // from SQLite, with two nodes serving what it copied.
 #include <catch2/catch.hpp>
@@ -387,11 +387,12 @@ TEST_CASE("cluster: a database restart keeps a live cross-node stream's bytes, n
     REQUIRE(pump.send_piece(2 * MiB) == "");
 
     // A new stream request: what either node answers while the database is away.
-    auto new_stream = [&](relay_fixture& front, const std::string& label) {
+    auto new_stream = [&](relay_fixture& front, const std::string& label, long long code = 503002) {
         wire_result w = rest_script(front, {rest(label, "POST", "/twins/cr-db/streams/TestStream", token1)});
         const wire_event& e = response(w, label, 503);
-        CHECK(e.error_code() == 503002);
-        CHECK(e.get("j.message") == "the relay's registry database is unavailable; try again later");
+        CHECK(e.error_code() == code);
+        CHECK(e.get("j.message") == (code == 503002 ? "the relay's registry database is unavailable; try again later"
+                                                    : "this relay cannot renew its cluster lease; try another relay or later"));
         CHECK(e.get("h.retry-after") == "5");
         CHECK_FALSE(contains(w.raw.out, std::to_string(c.pg.port())));  // the client learns nothing of the database
     };
@@ -412,8 +413,9 @@ TEST_CASE("cluster: a database restart keeps a live cross-node stream's bytes, n
     CHECK(std::regex_search(c.n2.relay().stderr_text(), std::regex(R"(event=RegistryUnavailable peer=\S+ target=cr-db )")));
     CHECK(contains(c.n2.relay().stderr_text(), redacted));
 
-    // Past their leases both nodes are fenced (/readyz 503 "fenced"); the stream goes on, and a new
-    // stream is still 503002, not 503001: authorizing the service reads the registry first.
+    // Past their leases both nodes are fenced (/readyz 503 "fenced"); the stream goes on. n2 read
+    // the service policy and the device before the outage (--registry-cache-ttl, 60 s): it
+    // authorizes the request from its cache and the fence refuses it, 503001.
     CHECK(wait_until([&] {
         return contains(c.n1.relay().stderr_text(), "event=Fenced node=n1") &&
                contains(c.n2.relay().stderr_text(), "event=Fenced node=n2");
@@ -424,8 +426,10 @@ TEST_CASE("cluster: a database restart keeps a live cross-node stream's bytes, n
         CHECK(ready.body == "fenced\n");
     }
     CHECK(pump.send_piece(2 * MiB) == "");
-    new_stream(c.n2, "fenced-n2");
-    CHECK_FALSE(contains(c.n2.relay().stderr_text(), "result=503001"));
+    new_stream(c.n2, "fenced-n2", 503001);
+    CHECK(contains(c.n2.relay().stderr_text(), "event=CredentialsFromCache policy=service"));
+    CHECK(contains(c.n2.relay().stderr_text(), "event=CredentialsFromCache device=cr-db"));
+    CHECK(contains(c.n2.relay().stderr_text(), "result=503001"));
 
     c.pg.start();
     const auto back = steady::now();

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <regex>
 
+#include "admin_http_client.hpp"
 #include "harness.hpp"
 #include "../support/pg_server.hpp"
 #include "wire.hpp"
@@ -325,4 +326,59 @@ TEST_CASE("postgres: with the database down admin writes fail with 503002 naming
     CHECK(relay.relay().running());
     CHECK(contains(relay.relay().stderr_text(), "event=RegistryUnavailable"));
     CHECK_FALSE(contains(relay.relay().stderr_text(), pg.password()));
+}
+
+std::size_t count_lines(const std::string& text, const std::string& what) {
+    std::size_t n = 0;
+    for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + what.size())) ++n;
+    return n;
+}
+
+TEST_CASE("postgres: with the database down, credentials read within --registry-cache-ttl still authenticate, "
+          "never past a change the relay saw", "[integration][postgres]") {
+    sgtest::pg_server pg;
+    const std::string url = pg.create_database("cache");
+    relay_fixture relay(on_registry(url));
+    const std::string a_cs = relay.create_device("cache-a");
+    const std::string b_cs = relay.create_device("cache-b");
+    const std::string c_cs = relay.create_device("cache-c");
+    const std::string service_cs = relay.service_connection_string();
+    // A change the relay reads forgets what it had read of its subject: let it read the creates first.
+    REQUIRE(wait_until([&] { return contains(relay.relay().stderr_text(), "op=device-create subject=cache-c"); }, 5s));
+    echo_server target;
+    auto a = spawn_device_proxy(relay, "device-proxy-a", a_cs, target.port());
+    REQUIRE(relay.wait_device_connected("cache-a", *a));
+    auto b = spawn_device_proxy(relay, "device-proxy-b", b_cs, target.port());
+    REQUIRE(relay.wait_device_connected("cache-b", *b));
+    expect_echo(relay, service_cs, "cache-a");  // the service policy is read here
+    // b's key renewed: the relay cuts it and forgets what it had read of it.
+    admin_ok(relay, {"device-identity", "update", "--device-id", "cache-b", "--renew-key", "primary"});
+    REQUIRE(wait_until([&] { return contains(relay.relay().stderr_text(), "event=DeviceRevoked device=cache-b"); }, 5s));
+    a->kill(SIGTERM);
+    REQUIRE(a->wait_exit(k_fail_timeout));
+    REQUIRE(wait_until([&] { return contains(relay.relay().stderr_text(), "event=DeviceDisconnected device=cache-a"); }, 5s));
+
+    pg.stop("immediate");
+    auto connected = [&](const std::string& id) {
+        return count_lines(relay.relay().stderr_text(), "event=DeviceConnected device=" + id + " ");
+    };
+    // a was read a moment ago: it connects again from the cache, and streams work on this relay.
+    a = spawn_device_proxy(relay, "device-proxy-a2", a_cs, target.port());
+    CHECK(wait_until([&] { return connected("cache-a") == 2; }, k_connect_timeout));
+    CHECK(contains(relay.relay().stderr_text(), "event=CredentialsFromCache device=cache-a"));
+    expect_echo(relay, service_cs, "cache-a");
+    CHECK(contains(relay.relay().stderr_text(), "event=CredentialsFromCache policy=service"));
+    // c was never read: 503002, and it keeps trying.
+    auto c = spawn_device_proxy(relay, "device-proxy-c", c_cs, target.port());
+    CHECK(wait_until([&] { return contains(c->stderr_text(), "503002"); }, k_fail_timeout));
+    CHECK(c->running());
+    // b (old key, still retrying) is not let in from memory.
+    CHECK(wait_until([&] { return count_lines(b->stderr_text(), "503002") >= 1; }, k_fail_timeout));
+    CHECK(connected("cache-b") == 1);
+    CHECK_FALSE(contains(relay.relay().stderr_text(), "event=CredentialsFromCache device=cache-b"));
+    const std::string admin = wait_listening_address(relay.relay(), "event=AdminListening");
+    CHECK(metric(http_get(admin, "/metrics").body, "streamgate_registry_cache_served_total").value_or(0) >= 2);
+
+    pg.start();
+    CHECK(relay.wait_device_connected("cache-c", *c, 20s));
 }
