@@ -45,15 +45,28 @@ public:
         std::string id;
         bool enabled = true;
         std::string state_since; // connectionStateUpdatedTime
+        std::string node;        // cluster mode: the live node holding its control connection
     };
-    std::shared_ptr<const std::vector<entry>> get(registry& reg)
+    std::shared_ptr<const std::vector<entry>> get(registry& reg, cluster_node* cluster)
     {
         std::lock_guard lock(mutex_);
         auto now = std::chrono::steady_clock::now();
         if (!list_ || now - read_at_ >= registry_list_refresh) {
+            std::unordered_map<std::string, std::string> homes;
+            if (cluster) {
+                try {
+                    for (auto& [device, node] : cluster->devices_by_node(max_presence_listed))
+                        homes.emplace(std::move(device), std::move(node));
+                } catch (const registry_unavailable&) {
+                    // The list below fails the same way; without it the page shows this node's own.
+                }
+            }
             auto fresh = std::make_shared<std::vector<entry>>();
-            for (auto& d : reg.list_devices())
-                fresh->push_back(entry{d.device_id, d.status == device_status::enabled, d.connection_state_updated_time});
+            for (auto& d : reg.list_devices()) {
+                auto home = homes.find(d.device_id);
+                fresh->push_back(entry{d.device_id, d.status == device_status::enabled, d.connection_state_updated_time,
+                                       home == homes.end() ? std::string() : home->second});
+            }
             list_ = std::move(fresh);
             read_at_ = now;
         }
@@ -61,6 +74,8 @@ public:
     }
 
 private:
+    // Presence rows read per refresh: enough for the page's max_devices_listed online devices.
+    static constexpr std::size_t max_presence_listed = 20000;
     std::mutex mutex_;
     std::shared_ptr<const std::vector<entry>> list_;
     std::chrono::steady_clock::time_point read_at_;
@@ -134,33 +149,43 @@ json::object status_json(admin_context& ctx)
     auto& state = *ctx.state;
     auto now = std::chrono::system_clock::now();
     auto online = connected_devices(state);
-    auto registered = ctx.devices.get(*state.reg);
+    auto registered = ctx.devices.get(*state.reg, state.cluster.get());
+    const std::string here = state.cluster ? state.cluster->node_id() : std::string();
 
     struct row {
         std::string id;
         bool online, enabled;
-        std::string since;
+        std::string since, node;
     };
     std::vector<row> rows;
     rows.reserve(registered->size() + online.size());
     auto unlisted = online; // connected since the last registry read
     for (const auto& d : *registered) {
         auto it = online.find(d.id);
-        rows.push_back(row{d.id, it != online.end(), d.enabled, it != online.end() ? iso8601(it->second) : d.state_since});
+        bool held_here = it != online.end();
+        // Cluster mode: online anywhere; the node is this one for its own connections (fresher
+        // than the presence read) and presence's for the others'.
+        std::string node = held_here ? here : d.node;
+        rows.push_back(row{d.id, held_here || !node.empty(), d.enabled, held_here ? iso8601(it->second) : d.state_since,
+                           std::move(node)});
         unlisted.erase(d.id);
     }
     for (const auto& [id, at] : unlisted)
-        rows.push_back(row{id, true, true, iso8601(at)});
+        rows.push_back(row{id, true, true, iso8601(at), here});
     std::sort(rows.begin(), rows.end(), [](const row& a, const row& b) {
         return a.online != b.online ? a.online : a.id < b.id;
     });
 
     json::array devices;
-    for (std::size_t i = 0; i < rows.size() && i < max_devices_listed; ++i)
-        devices.push_back(json::object{{"id", rows[i].id},
-                                       {"online", rows[i].online},
-                                       {"enabled", rows[i].enabled},
-                                       {"since", rows[i].since}});
+    std::size_t online_anywhere = 0;
+    for (const auto& r : rows)
+        online_anywhere += r.online ? 1 : 0;
+    for (std::size_t i = 0; i < rows.size() && i < max_devices_listed; ++i) {
+        json::object d{{"id", rows[i].id}, {"online", rows[i].online}, {"enabled", rows[i].enabled}, {"since", rows[i].since}};
+        if (state.cluster)
+            d["node"] = rows[i].node;
+        devices.push_back(std::move(d));
+    }
     auto live = state.metrics.live_streams();
     std::sort(live.begin(), live.end(), [](const auto& a, const auto& b) { return a.age_seconds > b.age_seconds; });
     json::array streams;
@@ -180,7 +205,9 @@ json::object status_json(admin_context& ctx)
                         {"ready", state.ready && !state.stopping},
                         {"draining", state.stopping.load()},
                         {"devicesRegistered", registered->size()},
-                        {"devicesOnline", online.size()},
+                        {"devicesOnline", state.cluster ? online_anywhere : online.size()},
+                        {"devicesHere", online.size()},
+                        {"node", here},
                         {"devicesListed", devices.size()},
                         {"streamsActive", state.active_streams.load()},
                         {"streamsOpened", state.metrics.streams_opened()},

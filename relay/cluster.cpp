@@ -209,6 +209,11 @@ public:
 
     std::uint64_t requests_sent() const override { return sent_.load(std::memory_order_relaxed); }
     std::uint64_t requests_received() const override { return received_.load(std::memory_order_relaxed); }
+    std::vector<std::pair<std::string, std::string>> devices_by_node(std::size_t max) override
+    {
+        return store_->live_presence(max);
+    }
+
     std::uint64_t joins_forwarded() const override { return joins_forwarded_.load(std::memory_order_relaxed); }
     std::uint64_t joins_received() const override { return joins_received_.load(std::memory_order_relaxed); }
 

@@ -45,6 +45,10 @@ public:
     virtual asio::awaitable<void> forward_join(tls_stream stream, request_type req, std::string home,
                                                std::string peer) = 0;
 
+    // Which live node holds each device (at most `max` rows), for the status page. Throws
+    // registry_unavailable.
+    virtual std::vector<std::pair<std::string, std::string>> devices_by_node(std::size_t max) = 0;
+
     // For /metrics: stream requests this node asked of a home, and those other nodes asked of it.
     virtual std::uint64_t requests_sent() const = 0;
     virtual std::uint64_t requests_received() const = 0;

@@ -144,6 +144,19 @@ std::optional<cluster_node_record> cluster_store::find_node(const std::string& n
                    node_id, "find a node");
 }
 
+std::vector<std::pair<std::string, std::string>> cluster_store::live_presence(std::size_t max)
+{
+    std::lock_guard lock(lookup_mutex_);
+    const char* sql = "SELECT p.device_id, p.node_id FROM presence p JOIN cluster_nodes n ON n.node_id = p.node_id AND "
+                      "n.epoch = p.epoch WHERE n.lease_until > now() ORDER BY p.device_id LIMIT $1";
+    auto r = lookup_->exec(sql, {std::to_string(max)}, "list presence");
+    std::vector<std::pair<std::string, std::string>> out;
+    out.reserve(static_cast<std::size_t>(r.rows()));
+    for (int i = 0; i < r.rows(); ++i)
+        out.emplace_back(r.text(i, 0), r.text(i, 1));
+    return out;
+}
+
 std::optional<cluster_node_record> cluster_store::look_up(const char* sql, const std::string& key, const char* what)
 {
     std::lock_guard lock(lookup_mutex_);

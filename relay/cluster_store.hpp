@@ -74,6 +74,8 @@ public:
     // The live node holding `device`, if any (a separate connection behind a mutex: safe from
     // any thread, one round trip).
     std::optional<cluster_node_record> find_home(const std::string& device);
+    // Up to `max` live presence rows, (device, node), for the status page.
+    std::vector<std::pair<std::string, std::string>> live_presence(std::size_t max);
     // The live node `node_id` (same connection and rules).
     std::optional<cluster_node_record> find_node(const std::string& node_id);
 

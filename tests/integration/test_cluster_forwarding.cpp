@@ -210,3 +210,42 @@ TEST_CASE("cluster: a forwarded join with a bad token gets the stream node's 401
     CHECK(contains(d.at("join").get("j.message"), "relay n9 is not live"));
     CHECK(contains(c.n3.relay().stderr_text(), "event=JoinForwardFailed peer="));
 }
+
+TEST_CASE("cluster: every node's status page says which node holds each device", "[integration][postgres][cluster]") {
+    balanced_cluster c;
+    echo_server target;
+    const std::string device_cs = c.n3.create_device("cl-status");
+    c.n3.create_device("cl-status-off");
+    auto proxy = spawn_device_proxy(c.n1, "device-proxy", device_cs, target.port(),
+                                    {"--relay", "127.0.0.1:" + std::to_string(c.n1.port())});
+    REQUIRE(c.n1.wait_device_connected("cl-status", *proxy));
+    for (relay_fixture* node : {&c.n1, &c.n2}) {
+        const std::string admin = wait_listening_address(node->relay(), "event=AdminListening");
+        std::string body;
+        // The device list is re-read every 2 s.
+        CHECK(wait_until([&] {
+            body = http_get(admin, "/api/status").body;
+            return contains(body, R"({"id":"cl-status","online":true,"enabled":true,)") &&
+                   contains(body, R"("node":"n1"})");
+        }, 5s, 200ms));
+        INFO(body);
+        CHECK(contains(body, R"({"id":"cl-status-off","online":false,"enabled":true,)"));
+        CHECK(contains(body, R"("devicesOnline":1,)"));
+        CHECK(contains(body, node == &c.n1 ? R"("devicesHere":1,)" : R"("devicesHere":0,)"));
+    }
+    // What a browser shows on n2's page (headless Chromium, scripts run).
+    if (!std::filesystem::exists("/usr/bin/chromium")) {
+        WARN("SKIPPED: chromium is not installed (scripts/install-deps.sh installs it)");
+        return;
+    }
+    temp_dir profile;
+    const std::string admin2 = wait_listening_address(c.n2.relay(), "event=AdminListening");
+    run_result page = run({"/usr/bin/chromium", "--headless", "--no-sandbox", "--disable-gpu",
+                           "--user-data-dir=" + profile.path().string(), "--virtual-time-budget=4000", "--dump-dom",
+                           "http://" + admin2 + "/"});
+    INFO(page.err.substr(0, 2000));
+    CHECK(contains(page.out, R"(<tr data-device="cl-status">)"));
+    CHECK(contains(page.out, R"(<td class="node">n1</td>)"));
+    CHECK(contains(page.out, "node n2 "));
+    CHECK(contains(page.out, R"(<th class="cluster-only">Node</th>)"));
+}
