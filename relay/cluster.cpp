@@ -83,6 +83,16 @@ std::string string_to_sign(std::string_view method, std::string_view target, std
     return s;
 }
 
+std::string iso8601_utc(std::chrono::system_clock::time_point t)
+{
+    std::time_t tt = std::chrono::system_clock::to_time_t(t);
+    std::tm tm{};
+    gmtime_r(&tt, &tm);
+    char buf[32];
+    std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    return buf;
+}
+
 std::string sign(const std::string& key, const std::string& text) { return base64_encode(hmac_sha256(key, text)); }
 
 struct local_claim {
@@ -371,8 +381,12 @@ private:
         std::vector<std::string> ids;
         for (auto& [id, weak] : held) {
             settle_claim(id, weak, store_->reclaim(id, self_.node_id, self_.epoch));
+            // Past a lapsed lease another node may have swept it Disconnected.
+            if (restate_connections_ && !weak.expired())
+                state_->reg->set_connection_state(id, true);
             ids.push_back(id);
         }
+        restate_connections_ = false;
         store_->release_all_but(ids, self_.node_id, self_.epoch);
         log_->info("event=PresenceRepublished node={} devices={}", self_.node_id, held.size());
     }
@@ -390,24 +404,42 @@ private:
                 duplicate_logged_ = true;
                 return;
             }
-            must_reclaim_ = true;
+            must_reclaim_ = restate_connections_ = true; // others may have swept them meanwhile
         }
         duplicate_logged_ = false;
         lease_deadline_ = (sent + lease_).time_since_epoch().count();
-        if (must_reclaim_) {
-            must_reclaim_ = false;
-            reclaim_all();
-        }
         if (fenced_logged_) {
             fenced_logged_ = false;
+            must_reclaim_ = restate_connections_ = true;
             log_->info("event=Unfenced node={} reason=\"lease renewed\"", self_.node_id);
         }
+        if (must_reclaim_) {
+            reclaim_all(); // throws when the database went again: tried at the next renewal
+            must_reclaim_ = false;
+        }
+    }
+
+    // A node killed without leaving leaves its devices Connected in the registry: any live node
+    // marks them Disconnected once no live node holds them. A device connected in the last two
+    // leases (+5 s for the nodes' clocks) is left alone: its presence write may still be on its way.
+    void sweep_dead_connections()
+    {
+        auto now = std::chrono::system_clock::now();
+        auto grace = 2 * lease_ + std::chrono::seconds(5);
+        int swept = store_->sweep_connection_state(
+            iso8601_utc(now - std::chrono::duration_cast<std::chrono::system_clock::duration>(grace)), iso8601_utc(now));
+        if (swept > 0)
+            log_->info("event=ConnectionStateSwept node={} devices={} reason=\"no live relay holds them\"",
+                       self_.node_id, swept);
     }
 
     void run_thread()
     {
         const auto heartbeat = std::max<std::chrono::milliseconds>(lease_ / 4, std::chrono::milliseconds(100));
         auto next_renew = std::chrono::steady_clock::now() + heartbeat;
+        const auto sweep_interval = std::max<std::chrono::milliseconds>(lease_, std::chrono::seconds(1));
+        auto next_sweep = std::chrono::steady_clock::now() + sweep_interval;
+        auto last_failure = std::chrono::steady_clock::now(); // a start counts: the others may still be re-claiming
         std::string last_error;
         for (;;) {
             std::deque<std::function<void()>> batch;
@@ -435,6 +467,12 @@ private:
                     next_renew = std::chrono::steady_clock::now() + heartbeat;
                     renew_lease();
                 }
+                // Only after two quiet leases: after an outage every node re-claims its devices first.
+                if (std::chrono::steady_clock::now() >= next_sweep && !fenced() &&
+                    std::chrono::steady_clock::now() - last_failure > 2 * lease_) {
+                    next_sweep = std::chrono::steady_clock::now() + sweep_interval;
+                    sweep_dead_connections();
+                }
                 std::vector<presence_claim> claims;
                 if (!store_->poll_claims(claims))
                     must_reclaim_ = true; // listening anew: what was announced meanwhile is lost
@@ -445,6 +483,7 @@ private:
                     last_error.clear();
                 }
             } catch (const std::exception& e) {
+                last_failure = std::chrono::steady_clock::now();
                 if (last_error != e.what())
                     log_->warn("event=RegistryUnavailable task=cluster node={} reason=\"{}\"", self_.node_id, e.what());
                 last_error = e.what();
@@ -715,7 +754,7 @@ private:
     bool stopping_ = false;
     std::thread thread_;
     // The cluster thread's own.
-    bool must_reclaim_ = false, fenced_logged_ = false, duplicate_logged_ = false;
+    bool must_reclaim_ = false, fenced_logged_ = false, duplicate_logged_ = false, restate_connections_ = false;
 };
 
 } // namespace

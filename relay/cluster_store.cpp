@@ -144,6 +144,16 @@ std::optional<cluster_node_record> cluster_store::find_node(const std::string& n
                    node_id, "find a node");
 }
 
+int cluster_store::sweep_connection_state(const std::string& stale_before, const std::string& now)
+{
+    auto r = db_->exec("UPDATE devices d SET connected = false, connection_state_updated_time = $2 WHERE d.connected "
+                       "AND d.connection_state_updated_time < $1 AND NOT EXISTS (SELECT 1 FROM presence p JOIN "
+                       "cluster_nodes n ON n.node_id = p.node_id AND n.epoch = p.epoch WHERE p.device_id = d.device_id "
+                       "AND n.lease_until > now())",
+                       {stale_before, now}, "mark dead nodes' devices disconnected");
+    return static_cast<int>(r.affected());
+}
+
 std::vector<std::pair<std::string, std::string>> cluster_store::live_presence(std::size_t max)
 {
     std::lock_guard lock(lookup_mutex_);

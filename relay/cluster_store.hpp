@@ -74,6 +74,10 @@ public:
     // The live node holding `device`, if any (a separate connection behind a mutex: safe from
     // any thread, one round trip).
     std::optional<cluster_node_record> find_home(const std::string& device);
+    // Marks Disconnected (connectionState) the devices marked Connected before `stale_before`
+    // (ISO 8601 UTC, the registry's format) that no live node holds: those of a node that died
+    // without leaving. `now` is the new connectionStateUpdatedTime. How many were marked.
+    int sweep_connection_state(const std::string& stale_before, const std::string& now);
     // Up to `max` live presence rows, (device, node), for the status page.
     std::vector<std::pair<std::string, std::string>> live_presence(std::size_t max);
     // The live node `node_id` (same connection and rules).

@@ -187,6 +187,28 @@ TEST_CASE("cluster: a node killed with -9 is not used once its lease lapsed, and
     expect_echo(c.n2, c.service_cs(c.n2), "cl-lease");
 }
 
+TEST_CASE("cluster: the devices of a node killed with -9 are marked Disconnected by a live node once its lease "
+          "lapsed; a live node's are not", "[integration][postgres][cluster]") {
+    cluster c("2");
+    echo_server target;
+    const std::string dead_cs = c.n2.create_device("cl-swept");
+    const std::string live_cs = c.n2.create_device("cl-kept");
+    auto dead = device_proxy(c.n1, "device-proxy-dead", dead_cs, target.port(), {c.relay_arg(c.n1)});
+    auto live = device_proxy(c.n2, "device-proxy-live", live_cs, target.port(), {c.relay_arg(c.n2)});
+    REQUIRE(c.n1.wait_device_connected("cl-swept", *dead));
+    REQUIRE(c.n2.wait_device_connected("cl-kept", *live));
+    REQUIRE(c.wait_home("cl-swept", "n1"));
+    dead->kill(SIGSTOP);  // it cannot move to n2 (it only knows n1 anyway)
+    REQUIRE(c.n1.stop(SIGKILL) == 128 + SIGKILL);
+    const auto killed = steady::now();
+    // Two leases plus 5 s after it connected, and a sweep every lease.
+    CHECK(wait_until([&] { return c.n2.connection_state("cl-swept") == "Disconnected"; }, 25s, 250ms));
+    INFO("swept " << std::chrono::duration_cast<millis>(steady::now() - killed).count() << " ms after the kill");
+    CHECK(contains(c.n2.relay().stderr_text(), "event=ConnectionStateSwept node=n2 devices=1"));
+    CHECK(c.n2.connection_state("cl-kept") == "Connected");
+    dead->kill(SIGCONT);
+}
+
 TEST_CASE("cluster: a home that does not answer in time is 504101", "[integration][postgres][cluster]") {
     cluster c("30");  // the frozen node's lease outlives the test
     echo_server target;
