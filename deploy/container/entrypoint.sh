@@ -5,6 +5,10 @@
 #   device   sshd (non-root, 127.0.0.1:2222) + the device proxy serving stream "ssh" from it
 #   service  the service proxy: port $SG_SERVICE_PORT opens a stream "ssh" to $SG_DEVICE_ID
 #   smoke    ssh through the service proxy: runs a command and moves 4 MiB each way, checksummed
+#   node     a cluster node (compose.cluster.yaml): $SG_NODE_ID on the PostgreSQL registry in
+#            $STREAMGATE_REGISTRY; the node named $SG_FIRST_NODE creates the device and shares its
+#            CA (ca.pem + ca.key, in $SG_SHARED/cluster-ca, never in argv) and the connection
+#            strings; the others start from that CA so clients trust every node
 # The connection strings travel through $SG_SHARED (a volume) and the environment, never argv.
 # The demo client key the device authorizes is for this demo and the checks only.
 set -eu
@@ -38,6 +42,40 @@ relay)
     mv "$shared/.device.cs" "$shared/device.cs"
     mv "$shared/.service.cs" "$shared/service.cs"
     exec streamgate-relay --data-dir "$data" --host-name "$relay_host" --listen 0.0.0.0:8443 "$@"
+    ;;
+node)
+    data=/var/lib/streamgate
+    node_id=${SG_NODE_ID:?SG_NODE_ID is required}
+    first=${SG_FIRST_NODE:-n1}
+    public=${SG_PUBLIC_URL:-wss://$node_id:8443}
+    : "${STREAMGATE_REGISTRY:?STREAMGATE_REGISTRY (postgresql://...) is required}"
+    mkdir -p "$data"
+    if [ "$node_id" != "$first" ] && [ ! -f "$data/ca.key" ]; then
+        wait_for_file "$shared/cluster-ca/ca.key" 120
+        (umask 077 && cp "$shared/cluster-ca/ca.pem" "$shared/cluster-ca/ca.key" "$data/")
+    fi
+    admin() { streamgate-relay --data-dir "$data" --host-name "$relay_host" "$@"; }
+    # The database may still be starting: admin commands say 503002 until it answers.
+    i=0
+    until admin device-identity list >/dev/null 2>&1; do
+        i=$((i + 1)); [ "$i" -le 120 ] || { echo "streamgate-entrypoint: registry never answered" >&2; exit 1; }
+        sleep 1
+    done
+    if [ "$node_id" = "$first" ]; then
+        admin device-identity show --device-id "$device_id" >/dev/null 2>&1 ||
+            admin device-identity create --device-id "$device_id" >/dev/null
+        umask 022
+        admin device-identity show-connection-string --device-id "$device_id" > "$shared/.device.cs"
+        admin show-connection-string --policy-name service > "$shared/.service.cs"
+        mv "$shared/.device.cs" "$shared/device.cs"
+        mv "$shared/.service.cs" "$shared/service.cs"
+        # The CA is made by the first start of the relay: publish it once it exists.
+        ( wait_for_file "$data/ca.key" 60 && mkdir -p "$shared/cluster-ca" && chmod 700 "$shared/cluster-ca" &&
+          cp "$data/ca.pem" "$shared/ca.pem" &&
+          (umask 077 && cp "$data/ca.pem" "$data/ca.key" "$shared/cluster-ca/") ) &
+    fi
+    exec streamgate-relay --data-dir "$data" --host-name "$relay_host" --listen 0.0.0.0:8443 \
+        --node-id "$node_id" --cluster-listen 0.0.0.0:9443 --public-url "$public" --admin-listen 0.0.0.0:9464 "$@"
     ;;
 device)
     wait_for_file "$shared/device.cs" 60
@@ -74,6 +112,9 @@ service)
     wait_for_file "$shared/service.cs" 60
     wait_for_file "$shared/ca.pem" 60
     IOTHUB_CONNECTION_STRING=$(cat "$shared/service.cs")
+    # Cluster: ask another node than the one the connection string names.
+    [ -n "${SG_SERVICE_RELAY:-}" ] &&
+        IOTHUB_CONNECTION_STRING=$(printf '%s' "$IOTHUB_CONNECTION_STRING" | sed "s/HostName=[^;]*/HostName=$SG_SERVICE_RELAY/")
     STREAMING_TARGET_DEVICE=$device_id
     PROXY_PORT=$service_port
     export IOTHUB_CONNECTION_STRING STREAMING_TARGET_DEVICE PROXY_PORT
@@ -100,7 +141,7 @@ smoke)
     echo "smoke: 4 MiB up and 4 MiB down through relay + proxies, checksums match"
     ;;
 *)
-    echo "usage: streamgate-entrypoint relay|device|service|smoke [ARGS...]" >&2
+    echo "usage: streamgate-entrypoint relay|node|device|service|smoke [ARGS...]" >&2
     exit 2
     ;;
 esac
