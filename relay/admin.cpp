@@ -152,7 +152,7 @@ int update_device(const admin_options& o)
 }
 
 // Copies the registry --registry names (default: the data directory's SQLite file) into an empty
-// PostgreSQL registry, keeping ids, etags, keys and the audit trail.
+// PostgreSQL registry, keeping ids, etags, keys, device CAs and the audit trail.
 int migrate(const admin_options& o)
 {
     if (!is_postgres_url(o.migrate_to))
@@ -165,27 +165,26 @@ int migrate(const admin_options& o)
     if (source->describe() == target->describe())
         return fail(codes::bad_request, "--to names the registry being migrated");
     auto existing = target->export_all();
-    if ((!existing.devices.empty() || !existing.audit.empty()) && !o.force)
+    if ((!existing.devices.empty() || !existing.audit.empty() || !existing.device_cas.empty()) && !o.force)
         return fail(codes::bad_request, "target registry " + target->describe() + " is not empty (" +
                                             std::to_string(existing.devices.size()) + " devices, " +
+                                            std::to_string(existing.device_cas.size()) + " device CAs, " +
                                             std::to_string(existing.audit.size()) +
                                             " audit entries): use --force to replace its contents");
     auto snap = source->export_all();
     target->import_all(snap);
     auto copied = target->export_all();
     if (copied.devices.size() != snap.devices.size() || copied.policies.size() != snap.policies.size() ||
-        copied.audit.size() != snap.audit.size())
+        copied.audit.size() != snap.audit.size() || copied.device_cas.size() != snap.device_cas.size())
         return fail(codes::internal, "the target registry does not hold what was copied; run again with --force");
     audit(*target, "registry-migrate", "", "from=\"" + source->describe() + "\" devices=" +
                                               std::to_string(snap.devices.size()));
-    auto cas = list_device_cas(o.data_dir);
     std::cout << "migrated " << source->describe() << " -> " << target->describe() << "\n"
               << "devices: " << snap.devices.size() << "\n"
               << "policies: " << snap.policies.size() << "\n"
               << "settings: " << snap.settings.size() << "\n"
               << "audit entries: " << snap.audit.size() << "\n"
-              << "device CAs: " << cas.size() << " (kept in " << device_ca_dir(o.data_dir).string()
-              << ": CAs and certificates stay in the data directory)\n";
+              << "device CAs: " << snap.device_cas.size() << "\n";
     return 0;
 }
 
@@ -286,29 +285,37 @@ void add_admin_commands(CLI::App& app, admin_options& o, int* result, bool* ran)
         return 0;
     }));
 
-    auto* certs = app.add_subcommand("certificate", "Device CAs: devices registered with --auth-method x509_ca must "
-                                                    "present a certificate that chains to one of them");
+    auto* certs = app.add_subcommand("certificate", "Device CAs, kept in the registry: devices registered with "
+                                                    "--auth-method x509_ca must present a certificate that chains to "
+                                                    "one of them");
     certs->require_subcommand(1);
     auto* cert_add = certs->add_subcommand("add", "Upload a CA certificate (PEM)");
     cert_add->add_option("-n,--name", o.policy_name, "Name of the CA")->required();
     cert_add->add_option("-p,--path", o.status_reason, "PEM file")->required()->check(CLI::ExistingFile);
     cert_add->callback(run([&o] {
+        device_ca ca;
+        try {
+            ca = read_device_ca_file(o.policy_name, o.status_reason);
+        } catch (const std::exception& e) {
+            return fail(codes::bad_request, e.what());
+        }
         auto db = open(o);
-        add_device_ca(o.data_dir, o.policy_name, o.status_reason);
-        audit(*db.reg, "certificate-add", o.policy_name, "thumbprint=" + certificate_thumbprint(o.status_reason));
+        db.reg->add_device_ca(ca, true); // a CA of the same name is replaced, as its file was before
+        audit(*db.reg, "certificate-add", ca.name, "thumbprint=" + ca.thumbprint);
         return 0;
     }));
     certs->add_subcommand("list", "Print the uploaded CA names")->callback(run([&o] {
-        for (auto& name : list_device_cas(o.data_dir))
-            std::cout << name << "\n";
+        auto db = open(o);
+        for (auto& ca : db.reg->list_device_cas())
+            std::cout << ca.name << "\n";
         return 0;
     }));
     auto* cert_delete = certs->add_subcommand("delete", "Remove an uploaded CA");
     cert_delete->add_option("-n,--name", o.policy_name, "Name of the CA")->required();
     cert_delete->callback(run([&o] {
-        if (!remove_device_ca(o.data_dir, o.policy_name))
-            return fail(codes::bad_request, "no CA named " + o.policy_name);
         auto db = open(o);
+        if (db.reg->delete_device_ca(o.policy_name) != registry_result::ok)
+            return fail(codes::bad_request, "no CA named " + o.policy_name);
         audit(*db.reg, "certificate-delete", o.policy_name, "");
         return 0;
     }));
@@ -321,10 +328,11 @@ void add_admin_commands(CLI::App& app, admin_options& o, int* result, bool* ran)
 
     auto* migrate_cmd = app.add_subcommand(
         "migrate", "Copy this registry (default: the data directory's SQLite file) into an empty PostgreSQL registry: "
-                   "devices with keys and thumbprints, policies with keys, settings and the audit trail");
+                   "devices with keys and thumbprints, policies with keys, settings, device CAs and the audit trail");
     migrate_cmd->add_option("--to", o.migrate_to, "Target registry: postgresql://user:password@host:port/database")
         ->required();
-    migrate_cmd->add_flag("--force", o.force, "Replace what the target already holds (devices, policies, settings, audit)");
+    migrate_cmd->add_flag("--force", o.force,
+                          "Replace what the target already holds (devices, policies, settings, device CAs, audit)");
     migrate_cmd->callback(run([&o] { return migrate(o); }));
 
     auto* streams = app.add_subcommand("devicestream", "Device streams settings");

@@ -118,7 +118,9 @@ failure authenticator::authorize_device(std::string_view authorization, std::str
         } else {
             return unauthorized("device is registered for SAS authentication, not X.509");
         }
-        used = "x509:" + certificate->thumbprint;
+        used = found->authentication == auth_type::self_signed
+                   ? "x509:" + certificate->thumbprint
+                   : "x509ca:" + certificate->ca_thumbprint + ":" + certificate->ca_name;
     } else {
         parsed p;
         std::string path = "/devices/" + std::string(device_id);
@@ -163,10 +165,16 @@ bool authenticator::credential_still_valid(const device_identity& d, std::string
         return d.authentication == auth_type::sas &&
                (digest == key_digest(d.primary_key) || digest == key_digest(d.secondary_key));
     }
-    if (credential.starts_with("x509:")) {
-        if (d.authentication == auth_type::self_signed)
-            return thumbprint_matches(d, credential.substr(5));
-        return d.authentication == auth_type::certificate_authority;
+    if (credential.starts_with("x509:"))
+        return d.authentication == auth_type::self_signed && thumbprint_matches(d, credential.substr(5));
+    if (credential.starts_with("x509ca:")) {
+        // The device CA the chain ended at is still uploaded (not deleted, not replaced).
+        auto rest = credential.substr(7);
+        auto colon = rest.find(':');
+        if (d.authentication != auth_type::certificate_authority || colon == std::string_view::npos)
+            return false;
+        auto ca = registry_.find_device_ca(rest.substr(colon + 1));
+        return ca && ca->thumbprint == rest.substr(0, colon);
     }
     if (credential.starts_with("policy:")) {
         auto rest = credential.substr(7);

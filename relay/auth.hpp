@@ -17,6 +17,7 @@ struct peer_certificate {
     std::string thumbprint;     // SHA-256 of the DER encoding, upper-case hex
     std::string common_name;
     bool chain_trusted = false; // verifies to one of the device CAs uploaded to the relay
+    std::string ca_name, ca_thumbprint; // when trusted: that device CA (its registry name and thumbprint)
 };
 
 class authenticator {
@@ -40,7 +41,7 @@ public:
                              const peer_certificate* certificate = nullptr, std::string* credential = nullptr) const;
 
     // Whether a connection authorized with `credential` may stay: the device still exists, is
-    // enabled, and the key, policy or certificate it used is still registered.
+    // enabled, and the key, policy, certificate or device CA it used is still registered.
     bool credential_still_valid(const device_identity& device, std::string_view credential) const;
 
 private:

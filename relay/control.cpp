@@ -158,10 +158,14 @@ void relay_state::revalidate_devices(const std::string& device_id)
     }
     for (auto& ch : channels) {
         auto d = reg->find_device(ch->device_id());
-        std::string why = !d                                         ? "device was deleted"
-                          : d->status != device_status::enabled      ? "device was disabled"
-                          : !auth->credential_still_valid(*d, ch->credential()) ? "device credentials were renewed"
-                                                                     : "";
+        std::string why;
+        if (!d)
+            why = "device was deleted";
+        else if (d->status != device_status::enabled)
+            why = "device was disabled";
+        else if (!auth->credential_still_valid(*d, ch->credential()))
+            why = ch->credential().starts_with("x509ca:") ? "device CA was deleted or replaced"
+                                                          : "device credentials were renewed";
         if (!why.empty()) {
             log->info("event=DeviceRevoked device={} reason=\"{}\"", ch->device_id(), why);
             ch->close(codes::unauthorized, why);
@@ -188,7 +192,7 @@ asio::awaitable<void> serve_control(std::shared_ptr<relay_state> state, tls_stre
 {
     device_identity device;
     std::string credential;
-    auto certificate = inspect_peer_certificate(stream.native_handle(), device_ca_dir(state->options.data_dir));
+    auto certificate = state->device_cas.inspect(stream.native_handle(), *state->reg);
     auto refuse = [&](const failure& f) { return error_response(req, f.code, f.message); };
     failure f;
     try {

@@ -1,4 +1,5 @@
 #include "relay/data_dir.hpp"
+#include "relay/x509_auth.hpp"
 
 #include <algorithm>
 #include <charconv>
@@ -79,9 +80,9 @@ std::unique_ptr<registry> open_registry(const std::filesystem::path& data_dir, c
     if (ec)
         throw std::runtime_error("cannot create data directory " + data_dir.string() + ": " + ec.message());
     ::chmod(data_dir.c_str(), 0700);
-    if (!registry_url.empty())
-        return open_postgres_registry(registry_url);
-    return open_sqlite_registry(data_dir / "registry.db");
+    auto reg = registry_url.empty() ? open_sqlite_registry(data_dir / "registry.db") : open_postgres_registry(registry_url);
+    import_legacy_device_cas(*reg, data_dir); // once, on upgrade from device-cas/*.pem
+    return reg;
 }
 
 std::string recorded_host_name(registry& reg, const std::string& explicit_name)

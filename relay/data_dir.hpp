@@ -26,8 +26,9 @@ std::string public_host_name(const std::string& explicit_name, const std::string
 
 // Opens the registry --registry names: empty (the default) is <dir>/registry.db, created with the
 // directory (0700) on first use; postgresql://... (or postgres://...) is a shared database. The
-// data directory is created either way: it holds the certificates. Throws config_error for a
-// URL that is neither.
+// data directory is created either way: it holds the certificates. The first open of a data
+// directory with device-cas/*.pem (from before device CAs moved into the registry) imports them
+// (import_legacy_device_cas). Throws config_error for a URL that is neither.
 std::unique_ptr<registry> open_registry(const std::filesystem::path& data_dir, const std::string& registry_url = {});
 
 // The host name admin commands put in connection strings: --host-name, else what the relay

@@ -20,6 +20,7 @@
 #include "relay/registry.hpp"
 #include "relay/relay.hpp"
 #include "relay/router.hpp"
+#include "relay/x509_auth.hpp"
 
 namespace sg::relay {
 
@@ -127,6 +128,7 @@ struct relay_state {
     std::unique_ptr<registry> credential_cache;
     registry_cache_view* reg_cache = nullptr;
     std::unique_ptr<authenticator> auth;
+    device_ca_store device_cas; // what client certificates of CA-authenticated devices must chain to
     std::shared_ptr<asio::ssl::context> tls;
     std::shared_ptr<spdlog::logger> log;
     std::atomic<bool> stopping{false};

@@ -446,7 +446,7 @@ asio::awaitable<void> serve_mqtt(std::shared_ptr<relay_state> state, tcp::socket
         co_return;
     }
     stream.expires_never(); // the session's watchdog keeps the deadlines
-    auto certificate = inspect_peer_certificate(stream.native_handle(), device_ca_dir(state->options.data_dir));
+    auto certificate = state->device_cas.inspect(stream.native_handle(), *state->reg);
     auto session = std::make_shared<mqtt_session<tls_transport>>(state, tls_transport{std::move(stream)}, peer,
                                                                  std::move(certificate));
     co_await session->run();
@@ -455,7 +455,7 @@ asio::awaitable<void> serve_mqtt(std::shared_ptr<relay_state> state, tcp::socket
 asio::awaitable<void> serve_mqtt_websocket(std::shared_ptr<relay_state> state, tls_stream stream, request_type req,
                                            std::string peer)
 {
-    auto certificate = inspect_peer_certificate(stream.native_handle(), device_ca_dir(state->options.data_dir));
+    auto certificate = state->device_cas.inspect(stream.native_handle(), *state->reg);
     ws_transport t{wss_stream(std::move(stream))};
     t.ws.binary(true);
     t.ws.read_message_max(state->options.max_control_message + 1024);

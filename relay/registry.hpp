@@ -56,6 +56,16 @@ struct audit_entry {
     std::string actor, action, subject, detail;
 };
 
+// A CA certificate an operator uploaded (`certificate add`): devices registered with
+// certificateAuthority authentication present a certificate that chains to one of them. The
+// registry stores it as given; x509_auth.hpp checks it first (name rules, PEM, CA:TRUE).
+struct device_ca {
+    std::string name;       // [A-Za-z0-9._-]{1,64}
+    std::string pem;        // one or more PEM certificates, every one a CA
+    std::string thumbprint; // SHA-256 of the first certificate's DER encoding, upper-case hex
+    std::string added_time; // ISO 8601 UTC; set by the registry when empty
+};
+
 enum class registry_result { ok, not_found, already_exists, etag_mismatch };
 
 // The registry's database cannot be reached (PostgreSQL down or restarting): callers answer
@@ -73,6 +83,7 @@ struct registry_snapshot {
     std::vector<access_policy> policies;
     std::vector<std::pair<std::string, std::string>> settings;
     std::vector<audit_entry> audit;
+    std::vector<device_ca> device_cas;
 };
 
 class registry {
@@ -104,14 +115,21 @@ public:
     virtual std::vector<audit_entry> audit_after(std::int64_t id, std::size_t max_entries) = 0;
     virtual std::int64_t last_audit_id() = 0;
 
+    // Device CAs (table device_cas), ordered by name. add: already_exists when the name is taken,
+    // unless `replace` (then the stored CA is replaced, with a new added_time).
+    virtual registry_result add_device_ca(device_ca& ca, bool replace) = 0;
+    virtual std::optional<device_ca> find_device_ca(std::string_view name) = 0;
+    virtual std::vector<device_ca> list_device_cas() = 0;
+    virtual registry_result delete_device_ca(std::string_view name) = 0;
+
     // Changes whenever another process (or another registry object) commits a change to devices,
-    // policies, settings or the audit trail, so the relay notices admin commands run beside it.
+    // policies, settings, device CAs or the audit trail, so the relay notices admin commands run beside it.
     // SQLite: PRAGMA data_version. PostgreSQL: notifications on channel streamgate_registry.
     // Never throws: a backend that lost its database bumps it once it is back.
     virtual std::uint64_t external_change_counter() = 0;
 
     virtual registry_snapshot export_all() = 0;
-    // Replaces devices, policies, settings and the audit trail with `s` in one transaction,
+    // Replaces devices, policies, settings, device CAs and the audit trail with `s` in one transaction,
     // keeping every stored value (the audit ids too).
     virtual void import_all(const registry_snapshot& s) = 0;
 

@@ -53,6 +53,10 @@ public:
     }
     void mark_all_disconnected() override { inner_->mark_all_disconnected(); }
     std::vector<access_policy> list_policies() override { return inner_->list_policies(); }
+    registry_result add_device_ca(device_ca& ca, bool replace) override { return inner_->add_device_ca(ca, replace); }
+    std::optional<device_ca> find_device_ca(std::string_view name) override { return inner_->find_device_ca(name); }
+    std::vector<device_ca> list_device_cas() override { return inner_->list_device_cas(); }
+    registry_result delete_device_ca(std::string_view name) override { return inner_->delete_device_ca(name); }
     std::optional<std::string> get_setting(std::string_view key) override { return inner_->get_setting(key); }
     void set_setting(std::string_view key, std::string_view value) override { inner_->set_setting(key, value); }
     void append_audit(const audit_entry& entry) override { inner_->append_audit(entry); }

@@ -1,8 +1,9 @@
 // The shared registry: a PostgreSQL database that several relays and their admin commands use at
 // once. Same tables and semantics as the SQLite registry; writes that need a read first lock the
 // row (SELECT ... FOR UPDATE) so etag checks hold across processes. Triggers notify channel
-// streamgate_registry on every change to credentials, policies, settings or the audit trail; a
-// second connection LISTENs, which is how external_change_counter() sees other processes' writes.
+// streamgate_registry on every change to credentials, policies, settings, device CAs or the audit
+// trail; a second connection LISTENs, which is how external_change_counter() sees other
+// processes' writes.
 #include "relay/registry.hpp"
 #include "relay/pg_connection.hpp"
 #include "relay/registry_util.hpp"
@@ -19,7 +20,8 @@ namespace {
 
 // Migrations, applied in order inside one transaction under an advisory lock; schema_version
 // holds the last one applied. Version 1 is SQLite's version 2 (devices, policies, settings,
-// audit) plus the notification triggers; version 2 adds cluster mode's tables.
+// audit) plus the notification triggers; version 2 adds cluster mode's tables; version 3 the
+// device CAs (SQLite's version 3), notifying like devices do.
 constexpr const char* migrations[] = {
     R"sql(
 CREATE TABLE devices (
@@ -71,6 +73,13 @@ CREATE UNLOGGED TABLE presence (
 CREATE INDEX presence_by_node ON presence (node_id, epoch);
 CREATE TABLE cluster_secret (id integer PRIMARY KEY CHECK (id = 1), secret text NOT NULL);
 )sql",
+    R"sql(
+CREATE TABLE device_cas (
+    name text PRIMARY KEY, pem text NOT NULL, thumbprint text NOT NULL, added_time text NOT NULL
+);
+CREATE TRIGGER device_cas_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON device_cas
+    FOR EACH STATEMENT EXECUTE FUNCTION streamgate_notify();
+)sql",
 };
 constexpr int schema_version = static_cast<int>(std::size(migrations));
 constexpr const char* migration_lock = "SELECT pg_advisory_xact_lock(7420155329)"; // any constant, same everywhere
@@ -84,6 +93,12 @@ constexpr const char* insert_device_sql =
     "secondary_key, primary_thumbprint, secondary_thumbprint, connected, connection_state_updated_time, "
     "status_updated_time, last_activity_time) "
     "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT (device_id) DO NOTHING";
+constexpr const char* insert_device_ca_sql =
+    "INSERT INTO device_cas (name, pem, thumbprint, added_time) VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING";
+constexpr const char* replace_device_ca_sql =
+    "INSERT INTO device_cas (name, pem, thumbprint, added_time) VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE "
+    "SET pem = excluded.pem, thumbprint = excluded.thumbprint, added_time = excluded.added_time";
+constexpr const char* select_device_cas_sql = "SELECT name, pem, thumbprint, added_time FROM device_cas";
 constexpr const char* insert_policy_sql =
     "INSERT INTO policies (name, primary_key, secondary_key, permissions) VALUES ($1, $2, $3, $4)";
 
@@ -118,6 +133,14 @@ access_policy read_policy(const pg::result& r, int row)
 std::vector<std::string> policy_params(const access_policy& p)
 {
     return {p.name, p.primary_key, p.secondary_key, std::to_string(p.permissions)};
+}
+
+std::vector<device_ca> read_device_cas(const pg::result& r)
+{
+    std::vector<device_ca> out;
+    for (int i = 0; i < r.rows(); ++i)
+        out.push_back({r.text(i, 0), r.text(i, 1), r.text(i, 2), r.text(i, 3)});
+    return out;
 }
 
 class transaction {
@@ -288,6 +311,44 @@ public:
         return read("SELECT COALESCE(MAX(id), 0) FROM audit", {}, "read audit").integer(0, 0);
     }
 
+    registry_result add_device_ca(device_ca& ca, bool replace) override
+    {
+        std::lock_guard lock(mutex_);
+        device_ca c = ca;
+        if (c.added_time.empty())
+            c.added_time = utc_now_iso8601();
+        auto r = db_.exec(replace ? replace_device_ca_sql : insert_device_ca_sql,
+                          {c.name, c.pem, c.thumbprint, c.added_time}, "add device CA");
+        if (r.affected() == 0)
+            return registry_result::already_exists;
+        ca = std::move(c);
+        return registry_result::ok;
+    }
+
+    std::optional<device_ca> find_device_ca(std::string_view name) override
+    {
+        std::lock_guard lock(mutex_);
+        auto found = read_device_cas(read((std::string(select_device_cas_sql) + " WHERE name = $1").c_str(),
+                                          {std::string(name)}, "find device CA"));
+        if (found.empty())
+            return std::nullopt;
+        return std::move(found.front());
+    }
+
+    std::vector<device_ca> list_device_cas() override
+    {
+        std::lock_guard lock(mutex_);
+        return read_device_cas(
+            read((std::string(select_device_cas_sql) + " ORDER BY name").c_str(), {}, "list device CAs"));
+    }
+
+    registry_result delete_device_ca(std::string_view name) override
+    {
+        std::lock_guard lock(mutex_);
+        auto r = db_.exec("DELETE FROM device_cas WHERE name = $1", {std::string(name)}, "delete device CA");
+        return r.affected() > 0 ? registry_result::ok : registry_result::not_found;
+    }
+
     std::uint64_t external_change_counter() override
     {
         std::lock_guard lock(listen_mutex_);
@@ -338,6 +399,8 @@ public:
             out.settings.emplace_back(s.text(i, 0), s.text(i, 1));
         out.audit = read_audit(
             db_.exec("SELECT id, time, actor, action, subject, detail FROM audit ORDER BY id", "export audit"));
+        out.device_cas = read_device_cas(
+            db_.exec((std::string(select_device_cas_sql) + " ORDER BY name").c_str(), "export device CAs"));
         tx.commit();
         return out;
     }
@@ -350,6 +413,7 @@ public:
         db_.exec("DELETE FROM policies", "clear policies");
         db_.exec("DELETE FROM settings", "clear settings");
         db_.exec("DELETE FROM audit", "clear audit");
+        db_.exec("DELETE FROM device_cas", "clear device CAs");
         for (const auto& d : snap.devices)
             db_.exec(insert_device_sql, device_params(d), "import device");
         for (const auto& p : snap.policies)
@@ -359,6 +423,8 @@ public:
         for (const auto& e : snap.audit)
             db_.exec("INSERT INTO audit (id, time, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5, $6)",
                      {std::to_string(e.id), e.time, e.actor, e.action, e.subject, e.detail}, "import audit entry");
+        for (const auto& c : snap.device_cas)
+            db_.exec(insert_device_ca_sql, {c.name, c.pem, c.thumbprint, c.added_time}, "import device CA");
         // New entries continue after the imported ids.
         db_.exec("SELECT setval(pg_get_serial_sequence('audit', 'id'), COALESCE(MAX(id), 0) + 1, false) FROM audit",
                  "continue audit ids");

@@ -21,7 +21,7 @@ namespace sg::relay {
 
 namespace {
 
-constexpr int schema_version = 2;
+constexpr int schema_version = 3;
 
 // Created in one transaction with the default policies, so a half-initialised file never exists.
 constexpr const char* schema_sql = R"sql(
@@ -45,6 +45,13 @@ constexpr const char* audit_schema_sql = R"sql(
 CREATE TABLE audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL, actor TEXT NOT NULL,
     action TEXT NOT NULL, subject TEXT NOT NULL, detail TEXT NOT NULL
+);
+)sql";
+
+// Version 3: the uploaded device CAs, which lived in <data-dir>/device-cas/ before.
+constexpr const char* device_cas_schema_sql = R"sql(
+CREATE TABLE device_cas (
+    name TEXT PRIMARY KEY NOT NULL, pem TEXT NOT NULL, thumbprint TEXT NOT NULL, added_time TEXT NOT NULL
 );
 )sql";
 
@@ -271,6 +278,45 @@ public:
         return s.integer(0);
     }
 
+    registry_result add_device_ca(device_ca& ca, bool replace) override
+    {
+        std::lock_guard lock(mutex_);
+        device_ca c = ca;
+        if (c.added_time.empty())
+            c.added_time = utc_now_iso8601();
+        int rc = insert_device_ca(c, replace);
+        if (rc == SQLITE_CONSTRAINT_PRIMARYKEY)
+            return registry_result::already_exists;
+        check_done(rc, "add device CA");
+        ca = std::move(c);
+        return registry_result::ok;
+    }
+
+    std::optional<device_ca> find_device_ca(std::string_view name) override
+    {
+        std::lock_guard lock(mutex_);
+        auto s = prepare("SELECT name, pem, thumbprint, added_time FROM device_cas WHERE name = ?1");
+        s.bind(1, name);
+        std::optional<device_ca> out;
+        for_each_row(s, "find device CA", [&] { out = read_device_ca(s); });
+        return out;
+    }
+
+    std::vector<device_ca> list_device_cas() override
+    {
+        std::lock_guard lock(mutex_);
+        return list_device_cas_locked("list device CAs");
+    }
+
+    registry_result delete_device_ca(std::string_view name) override
+    {
+        std::lock_guard lock(mutex_);
+        auto s = prepare("DELETE FROM device_cas WHERE name = ?1");
+        s.bind(1, name);
+        check_done(s.step(), "delete device CA");
+        return sqlite3_changes(db()) > 0 ? registry_result::ok : registry_result::not_found;
+    }
+
     std::uint64_t external_change_counter() override
     {
         std::lock_guard lock(mutex_);
@@ -295,6 +341,7 @@ public:
         for_each_row(a, "export audit", [&] {
             out.audit.push_back({a.integer(0), a.text(1), a.text(2), a.text(3), a.text(4), a.text(5)});
         });
+        out.device_cas = list_device_cas_locked("export device CAs");
         tx.commit();
         return out;
     }
@@ -303,7 +350,8 @@ public:
     {
         std::lock_guard lock(mutex_);
         transaction tx(*this);
-        exec("DELETE FROM devices; DELETE FROM policies; DELETE FROM settings; DELETE FROM audit;", "clear registry");
+        exec("DELETE FROM devices; DELETE FROM policies; DELETE FROM settings; DELETE FROM audit; "
+             "DELETE FROM device_cas;", "clear registry");
         for (const auto& d : snap.devices) {
             auto s = prepare(("INSERT INTO devices (" + std::string(device_columns) +
                               ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)").c_str());
@@ -327,6 +375,8 @@ public:
             s.bind(1, e.id).bind(2, e.time).bind(3, e.actor).bind(4, e.action).bind(5, e.subject).bind(6, e.detail);
             check_done(s.step(), "import audit entry");
         }
+        for (const auto& c : snap.device_cas)
+            check_done(insert_device_ca(c, false), "import device CA");
         tx.commit();
     }
 
@@ -339,6 +389,24 @@ private:
         s.bind(1, p.name).bind(2, p.primary_key).bind(3, p.secondary_key).bind(4, std::int64_t{p.permissions});
         check_done(s.step(), what);
     }
+
+    int insert_device_ca(const device_ca& c, bool replace)
+    {
+        auto s = prepare(replace ? "INSERT OR REPLACE INTO device_cas (name, pem, thumbprint, added_time) VALUES (?1, ?2, ?3, ?4)"
+                                 : "INSERT INTO device_cas (name, pem, thumbprint, added_time) VALUES (?1, ?2, ?3, ?4)");
+        s.bind(1, c.name).bind(2, c.pem).bind(3, c.thumbprint).bind(4, c.added_time);
+        return s.step();
+    }
+
+    std::vector<device_ca> list_device_cas_locked(const char* what)
+    {
+        auto s = prepare("SELECT name, pem, thumbprint, added_time FROM device_cas ORDER BY name");
+        std::vector<device_ca> out;
+        for_each_row(s, what, [&] { out.push_back(read_device_ca(s)); });
+        return out;
+    }
+
+    static device_ca read_device_ca(const statement& s) { return {s.text(0), s.text(1), s.text(2), s.text(3)}; }
 
     // BEGIN IMMEDIATE takes the write lock up front (waiting via busy_timeout); a deferred
     // read-then-write transaction could instead fail with SQLITE_BUSY_SNAPSHOT without waiting.
@@ -383,6 +451,8 @@ private:
         }
         if (version < 2)
             exec(audit_schema_sql, "create audit table");
+        if (version < 3)
+            exec(device_cas_schema_sql, "create device_cas table");
         if (version < schema_version) {
             exec(("PRAGMA user_version=" + std::to_string(schema_version)).c_str(), "set schema version");
         } else if (version > schema_version) {

@@ -535,7 +535,7 @@ namespace {
 // A SQLite registry with what `migrate` must carry: SAS devices (one with renewed keys, one
 // disabled), a device authenticated by an uploaded CA, and the audit trail of all that; then the
 // copy into a fresh PostgreSQL database and two cluster nodes on it: n1 on the SQLite relay's
-// data directory (its certificates and device-cas/), n2 on a data directory of its own.
+// data directory (its certificates), n2 on a data directory of its own.
 struct migrated_cluster {
     migrated_cluster() {
         const auto& dir = old.dir().path();
@@ -636,7 +636,7 @@ TEST_CASE("cluster: migrate --to from SQLite keeps devices, keys, policies, the 
         CHECK(contains(m.migrate.out, "devices: 4\n"));
         CHECK(contains(m.migrate.out, "policies: 5\n"));
         CHECK(contains(m.migrate.out, "audit entries: 7\n"));  // 4 creates, 2 updates, 1 certificate-add
-        CHECK(contains(m.migrate.out, "device CAs: 1 (kept in " + (m.old.data_dir() / "device-cas").string()));
+        CHECK(contains(m.migrate.out, "device CAs: 1\n"));
         CHECK_FALSE(contains(m.migrate.out + m.migrate.err, m.pg.password()));
     }
     // Devices as stored (ids, etags, generation ids, keys, thumbprints, status and times), read
@@ -661,8 +661,9 @@ TEST_CASE("cluster: migrate --to from SQLite keeps devices, keys, policies, the 
     admin_ok(*m.n2, {"device-identity", "create", "--device-id", "mg-new"});
     CHECK(trim(m.pg.psql("migrated", "SELECT id FROM audit WHERE subject = 'mg-new'")) == "9");
 
-    // The device CA stays in n1's data directory (the SQLite relay's), where n1 finds it.
+    // The device CA moved with the registry: n1's machine lists it from there.
     CHECK(contains(m.admin1({"certificate", "list"}), "mg-ca"));
+    CHECK_FALSE(std::filesystem::exists(m.old.data_dir() / "device-cas"));
 
     // The old connection strings work: the SAS device on n2, streamed to through n1 with the old
     // service string (which names n1, the old relay's address).
@@ -687,12 +688,11 @@ TEST_CASE("cluster: migrate --to from SQLite keeps devices, keys, policies, the 
     }
 }
 
-// What `migrate` does not move today: uploaded device CAs stay in the source data directory
-// (docs/CLUSTER.md, "What is not cluster-ready yet"), so a node on another data directory does
-// not know them and refuses their devices. Tagged [!shouldfail]: Catch counts this test as passed
-// while its checks fail, and as failed once device CAs reach every node (then drop the tag).
+// Device CAs live in the registry: one uploaded before `migrate --to` is known to a node on
+// another data directory, and one deleted on one node's machine stops authenticating on every
+// node, the live connection included (within a second, like a disabled device).
 TEST_CASE("cluster: a device CA uploaded before migrate --to is known to a node on another data directory",
-          "[integration][postgres][cluster][!shouldfail]") {
+          "[integration][postgres][cluster]") {
     migrated_cluster m;
     echo_server target;
     CHECK(contains(trim(m.n2->admin({"certificate", "list"}).out), "mg-ca"));
@@ -702,4 +702,22 @@ TEST_CASE("cluster: a device CA uploaded before migrate --to is known to a node 
     CHECK(home);
     CHECK(m.home_of("mg-ca-dev") == "n2");
     CHECK_FALSE(contains(by_ca->stderr_text(), "401003"));
+
+    // Deleted on n1's machine: n2 closes the device's connection and refuses it from then on.
+    m.admin1({"certificate", "delete", "--name", "mg-ca"});
+    const auto deleted = steady::now();
+    auto cut = logged_after(m.n2->relay(), "event=DeviceRevoked device=mg-ca-dev reason=\"device CA was deleted or replaced\"",
+                            deleted, 5s);
+    INFO(tail(m.n2->relay().stderr_text(), 3000));
+    REQUIRE(cut);
+    INFO("cut " << cut->count() << " ms after the admin command exited");
+    CHECK(*cut < 1500ms);
+    CHECK(by_ca->wait_exit(k_fail_timeout) == 3);
+    CHECK(contains(by_ca->stderr_text(), "401003"));
+    for (const std::string& relay : {m.n1_arg(), m.n2_arg()}) {
+        auto again = m.ca_device_proxy(relay, target.port(), {"--exit-on-auth-failure"});
+        INFO(again->describe());
+        CHECK(again->wait_exit(k_fail_timeout) == 3);
+        CHECK(contains(again->stderr_text(), "401003 IoTHubUnauthorized: client certificate does not chain to a device CA"));
+    }
 }

@@ -194,7 +194,8 @@ TEST_CASE("postgres: migrate copies a SQLite registry and the old connection str
         CHECK(contains(r.out, "devices: 3\n"));
         CHECK(contains(r.out, "policies: 5\n"));
         CHECK(contains(r.out, "audit entries: 5\n"));  // 3 creates, 1 update, 1 certificate-add
-        CHECK(contains(r.out, "device CAs: 1 "));
+        CHECK(contains(r.out, "device CAs: 1\n"));
+        CHECK(pg.psql("migrated", "SELECT name FROM device_cas") == "mig-ca\n");
         CHECK(contains(r.out, "postgresql://streamgate:***@"));
         CHECK_FALSE(contains(r.out + r.err, pg.password()));
     }
@@ -215,7 +216,7 @@ TEST_CASE("postgres: migrate copies a SQLite registry and the old connection str
     CHECK(pg.psql("migrated", "SELECT count(*) FROM audit WHERE action = 'device-create'") == "3\n");
     CHECK(pg.psql("migrated", "SELECT count(*) FROM audit WHERE action = 'registry-migrate'") == "1\n");
 
-    // The same data directory (certificates, device CAs) and port, now on the PostgreSQL registry.
+    // The same data directory (certificates) and port, now on the PostgreSQL registry (with the device CA).
     auto admin_pg = [&](const std::vector<std::string>& args) {
         std::vector<std::string> argv = {bin::relay, "--data-dir", relay.data_dir().string(), "--registry", url};
         argv.insert(argv.end(), args.begin(), args.end());

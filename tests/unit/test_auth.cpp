@@ -618,3 +618,34 @@ TEST_CASE("auth: device ids with special characters round-trip through the token
     // The near miss "My+Device:1@site" is not covered by the longer id's scope and has no such device.
     require_unauthorized(fx.auth->authorize_device(tok, "My+Device:1@site", nullptr), "does not cover");
 }
+
+TEST_CASE("auth: a CA-authenticated connection stays valid only while its device CA is uploaded", "[auth]")
+{
+    fixture fx;
+    device_identity d;
+    d.device_id = "ca-dev";
+    d.authentication = auth_type::certificate_authority;
+    REQUIRE(fx.reg->create_device(d) == registry_result::ok);
+    device_ca ca{"fleet", "(pem)", std::string(64, 'A'), ""};
+    REQUIRE(fx.reg->add_device_ca(ca, false) == registry_result::ok);
+
+    peer_certificate cert{std::string(64, 'F'), "ca-dev", true, "fleet", ca.thumbprint};
+    std::string credential;
+    require_ok(fx.auth->authorize_device("", "ca-dev", nullptr, &cert, &credential));
+    CHECK(credential.find("fleet") != std::string::npos);
+    auto stored = *fx.reg->find_device("ca-dev");
+    CHECK(fx.auth->credential_still_valid(stored, credential));
+
+    // Replaced by another certificate under the same name, or deleted: the connection must go.
+    device_ca other{"fleet", "(pem)", std::string(64, 'B'), ""};
+    REQUIRE(fx.reg->add_device_ca(other, true) == registry_result::ok);
+    CHECK_FALSE(fx.auth->credential_still_valid(stored, credential));
+    REQUIRE(fx.reg->add_device_ca(ca, true) == registry_result::ok);
+    CHECK(fx.auth->credential_still_valid(stored, credential));
+    REQUIRE(fx.reg->delete_device_ca("fleet") == registry_result::ok);
+    CHECK_FALSE(fx.auth->credential_still_valid(stored, credential));
+
+    cert.chain_trusted = false;
+    require_unauthorized(fx.auth->authorize_device("", "ca-dev", nullptr, &cert, &credential),
+                         "does not chain to a device CA");
+}

@@ -336,11 +336,37 @@ TEST_CASE("a version 1 registry gains the audit table and keeps its data", "[reg
     {
         sqlite3* db = nullptr;
         REQUIRE(sqlite3_open(file.c_str(), &db) == SQLITE_OK);
-        CHECK(sqlite3_exec(db, "DROP TABLE audit; PRAGMA user_version=1;", nullptr, nullptr, nullptr) == SQLITE_OK);
+        CHECK(sqlite3_exec(db, "DROP TABLE audit; DROP TABLE device_cas; PRAGMA user_version=1;", nullptr, nullptr,
+                           nullptr) == SQLITE_OK);
         sqlite3_close(db);
     }
     auto reg = open_sqlite_registry(file);
     CHECK(reg->find_device("kept"));
     reg->append_audit({0, {}, "test", "device-update", "kept", ""});
     CHECK(reg->audit_after(0, 10).size() == 1);
+}
+
+TEST_CASE("a version 2 registry gains the device_cas table and keeps its data", "[registry]")
+{
+    temp_dir dir;
+    const auto file = dir.path / "registry.db";
+    {
+        auto reg = open_sqlite_registry(file);
+        auto d = sas_device("kept");
+        REQUIRE(reg->create_device(d) == registry_result::ok);
+        reg->append_audit({0, {}, "test", "device-create", "kept", ""});
+    }
+    {
+        sqlite3* db = nullptr;
+        REQUIRE(sqlite3_open(file.c_str(), &db) == SQLITE_OK);
+        CHECK(sqlite3_exec(db, "DROP TABLE device_cas; PRAGMA user_version=2;", nullptr, nullptr, nullptr) == SQLITE_OK);
+        sqlite3_close(db);
+    }
+    auto reg = open_sqlite_registry(file);
+    CHECK(reg->find_device("kept"));
+    CHECK(reg->audit_after(0, 10).size() == 1);
+    CHECK(reg->list_device_cas().empty());
+    device_ca ca{"fleet", "(pem)", std::string(64, 'A'), ""};
+    CHECK(reg->add_device_ca(ca, false) == registry_result::ok);
+    CHECK(open_sqlite_registry(file)->find_device_ca("fleet"));
 }

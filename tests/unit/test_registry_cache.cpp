@@ -44,6 +44,10 @@ public:
     void mark_all_disconnected() override { up().mark_all_disconnected(); }
     std::optional<access_policy> find_policy(std::string_view n) override { return up().find_policy(n); }
     std::vector<access_policy> list_policies() override { return up().list_policies(); }
+    registry_result add_device_ca(device_ca& ca, bool replace) override { return up().add_device_ca(ca, replace); }
+    std::optional<device_ca> find_device_ca(std::string_view name) override { return up().find_device_ca(name); }
+    std::vector<device_ca> list_device_cas() override { return up().list_device_cas(); }
+    registry_result delete_device_ca(std::string_view name) override { return up().delete_device_ca(name); }
     std::optional<std::string> get_setting(std::string_view k) override { return up().get_setting(k); }
     void set_setting(std::string_view k, std::string_view v) override { up().set_setting(k, v); }
     void append_audit(const audit_entry& e) override { up().append_audit(e); }

@@ -73,6 +73,13 @@ device_identity sas_device(const std::string& id)
     return d;
 }
 
+// The registry stores device CAs as given (x509_auth.hpp checks them first).
+device_ca some_ca(const std::string& name, char fill)
+{
+    return {name, "-----BEGIN CERTIFICATE-----\n" + std::string(64, fill) + "\n-----END CERTIFICATE-----\n",
+            std::string(64, fill), ""};
+}
+
 bool counter_moves(registry& reg, std::uint64_t from, std::chrono::milliseconds within)
 {
     auto deadline = std::chrono::steady_clock::now() + within;
@@ -267,8 +274,14 @@ TEST_CASE("registry contract: export and import keep every stored value", "[regi
     REQUIRE(snap.devices.size() == 1);
     REQUIRE(snap.policies.size() == 5);
     REQUIRE(snap.audit.size() == 2);
+    auto ca = some_ca("fleet-ca", 'C');
+    REQUIRE(source->add_device_ca(ca, false) == registry_result::ok);
+    snap = source->export_all();
+    REQUIRE(snap.device_cas.size() == 1);
 
     auto target = b.open();
+    auto stale = some_ca("replaced-by-import", 'D');
+    REQUIRE(target->add_device_ca(stale, false) == registry_result::ok);
     target->import_all(snap);
     auto copy = b.open()->export_all();
     REQUIRE(copy.devices.size() == 1);
@@ -291,6 +304,11 @@ TEST_CASE("registry contract: export and import keep every stored value", "[regi
     CHECK(copy.audit[1].id == snap.audit[1].id);
     CHECK(copy.audit[1].time == snap.audit[1].time);
     CHECK(copy.audit[1].detail == "renew-key=primary");
+    REQUIRE(copy.device_cas.size() == 1); // the target's own CA is gone
+    CHECK(copy.device_cas[0].name == "fleet-ca");
+    CHECK(copy.device_cas[0].pem == ca.pem);
+    CHECK(copy.device_cas[0].thumbprint == ca.thumbprint);
+    CHECK(copy.device_cas[0].added_time == ca.added_time);
     // New entries continue after the imported ids.
     target->append_audit({0, {}, "admin-cli", "device-delete", "keep-me", ""});
     CHECK(target->last_audit_id() > snap.audit[1].id);
@@ -346,4 +364,53 @@ TEST_CASE("registry contract: concurrent writers, one etag wins, one object shar
     }
     CHECK(errors == 0);
     CHECK(shared->list_devices().size() == 201);
+}
+
+TEST_CASE("registry contract: device CAs, shared by every object and noticed as changes", "[registry][contract]")
+{
+    auto backend = GENERATE(as<std::string>{}, "sqlite", "postgresql");
+    INFO("backend " << backend);
+    store st(backend);
+    auto admin = st.open();
+    auto relay_view = st.open();
+    CHECK(relay_view->list_device_cas().empty());
+    auto seen = relay_view->external_change_counter();
+
+    auto b = some_ca("b-ca", 'B');
+    REQUIRE(admin->add_device_ca(b, false) == registry_result::ok);
+    CHECK(b.added_time.size() == 20); // set when empty, ISO 8601 UTC
+    CHECK(counter_moves(*relay_view, seen, 1s));
+    auto a = some_ca("a.ca_1-x", 'A');
+    a.added_time = "2026-01-02T03:04:05Z"; // kept as given (import)
+    REQUIRE(admin->add_device_ca(a, false) == registry_result::ok);
+
+    auto found = relay_view->find_device_ca("b-ca");
+    REQUIRE(found);
+    CHECK(found->pem == b.pem);
+    CHECK(found->thumbprint == b.thumbprint);
+    CHECK(found->added_time == b.added_time);
+    CHECK_FALSE(relay_view->find_device_ca("B-CA")); // names are case-sensitive
+    auto all = relay_view->list_device_cas();
+    REQUIRE(all.size() == 2);
+    CHECK(all[0].name == "a.ca_1-x"); // ordered by name
+    CHECK(all[0].added_time == "2026-01-02T03:04:05Z");
+    CHECK(all[1].name == "b-ca");
+
+    // A name in use: refused, unless replacing.
+    auto other = some_ca("b-ca", 'E');
+    CHECK(admin->add_device_ca(other, false) == registry_result::already_exists);
+    CHECK(relay_view->find_device_ca("b-ca")->thumbprint == b.thumbprint);
+    seen = relay_view->external_change_counter();
+    REQUIRE(admin->add_device_ca(other, true) == registry_result::ok);
+    CHECK(counter_moves(*relay_view, seen, 1s));
+    CHECK(relay_view->find_device_ca("b-ca")->thumbprint == std::string(64, 'E'));
+    CHECK(relay_view->list_device_cas().size() == 2);
+
+    // Deleted: gone for every object, and noticed.
+    seen = relay_view->external_change_counter();
+    CHECK(admin->delete_device_ca("b-ca") == registry_result::ok);
+    CHECK(admin->delete_device_ca("b-ca") == registry_result::not_found);
+    CHECK(counter_moves(*relay_view, seen, 1s));
+    CHECK_FALSE(relay_view->find_device_ca("b-ca"));
+    CHECK(st.open()->list_device_cas().size() == 1);
 }

@@ -77,10 +77,10 @@ TEST_CASE("postgres registry: versioned schema, created once by concurrent opene
     for (auto& f : openers)
         REQUIRE_NOTHROW(regs.push_back(f.get()));
     CHECK(regs[0]->list_policies().size() == 5);
-    CHECK(pg.psql("schema", "SELECT version FROM schema_version") == "2\n");
+    CHECK(pg.psql("schema", "SELECT version FROM schema_version") == "3\n");
     CHECK(pg.psql("schema", "SELECT count(*) FROM policies") == "5\n");
     CHECK(pg.psql("schema", "SELECT count(*) FROM pg_trigger WHERE tgname LIKE '%_changed' OR tgname = "
-                            "'audit_appended'") == "4\n");
+                            "'audit_appended'") == "5\n");
 
     // A database migrated by a newer program is refused, not damaged.
     pg.psql("schema", "UPDATE schema_version SET version = 99");
