@@ -134,6 +134,15 @@ std::string metrics_text(relay_state& state)
         prom::sample(out, "streamgate_cluster_stream_requests_total", {{"direction", "sent"}}, cluster->requests_sent());
         prom::sample(out, "streamgate_cluster_stream_requests_total", {{"direction", "received"}},
                      cluster->requests_received());
+        prom::family(out, "streamgate_cluster_presence_rows", "gauge",
+                     "Cluster mode: devices whose control connection this node holds (its rows in presence).");
+        prom::sample(out, "streamgate_cluster_presence_rows", {}, static_cast<std::uint64_t>(cluster->devices_held()));
+        prom::family(out, "streamgate_cluster_lease_age_seconds", "gauge",
+                     "Cluster mode: seconds since this node last renewed its lease (fenced past --cluster-lease).");
+        prom::sample(out, "streamgate_cluster_lease_age_seconds", {}, cluster->lease_age_seconds());
+        prom::family(out, "streamgate_cluster_database_errors_total", "counter",
+                     "Cluster mode: lease, presence and look-up calls to the database that failed.");
+        prom::sample(out, "streamgate_cluster_database_errors_total", {}, cluster->database_errors());
         prom::family(out, "streamgate_cluster_joins_total", "counter",
                      "Cluster mode: stream sides that reached this node for a stream of another node and were forwarded "
                      "there (forwarded), and those other nodes forwarded to this one (received).");

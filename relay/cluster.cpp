@@ -205,7 +205,13 @@ public:
     asio::awaitable<http::response<http::string_body>> open_remote_stream(const request_type& req,
                                                                           stream_offer offer) override
     {
-        auto home = store_->find_home(offer.device_id); // registry_unavailable: 503002 by the caller
+        std::optional<cluster_node_record> home;
+        try {
+            home = store_->find_home(offer.device_id);
+        } catch (const registry_unavailable&) {
+            database_errors_.fetch_add(1, std::memory_order_relaxed);
+            throw; // 503002 by the caller
+        }
         if (!home || home->node_id == self_.node_id) {
             log_->info("event=StreamRejected device={} stream={} result=404103 reason=\"no live relay holds the "
                        "device\"", offer.device_id, offer.stream_name);
@@ -224,6 +230,18 @@ public:
         return store_->live_presence(max);
     }
 
+    std::size_t devices_held() const override
+    {
+        std::lock_guard lock(claims_mutex_);
+        return claims_.size();
+    }
+    double lease_age_seconds() const override
+    {
+        auto renewed = std::chrono::steady_clock::time_point(std::chrono::steady_clock::duration(lease_deadline_.load())) - lease_;
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - renewed).count();
+    }
+    std::uint64_t database_errors() const override { return database_errors_.load(std::memory_order_relaxed); }
+
     std::uint64_t joins_forwarded() const override { return joins_forwarded_.load(std::memory_order_relaxed); }
     std::uint64_t joins_received() const override { return joins_received_.load(std::memory_order_relaxed); }
 
@@ -241,6 +259,7 @@ public:
         try {
             home = store_->find_node(home_id);
         } catch (const registry_unavailable& e) {
+            database_errors_.fetch_add(1, std::memory_order_relaxed);
             log_->warn("event=RegistryUnavailable peer={} endpoint=bridge reason=\"{}\"", peer, e.what());
             registry_down = true;
         }
@@ -484,6 +503,7 @@ private:
                 }
             } catch (const std::exception& e) {
                 last_failure = std::chrono::steady_clock::now();
+                database_errors_.fetch_add(1, std::memory_order_relaxed);
                 if (last_error != e.what())
                     log_->warn("event=RegistryUnavailable task=cluster node={} reason=\"{}\"", self_.node_id, e.what());
                 last_error = e.what();
@@ -743,9 +763,9 @@ private:
     std::string secret_;
     std::unique_ptr<cluster_store> store_; // used by the cluster thread, and find_home from any thread
     std::atomic<std::chrono::steady_clock::rep> lease_deadline_{0};
-    std::atomic<std::uint64_t> sent_{0}, received_{0}, joins_forwarded_{0}, joins_received_{0};
+    std::atomic<std::uint64_t> sent_{0}, received_{0}, joins_forwarded_{0}, joins_received_{0}, database_errors_{0};
 
-    std::mutex claims_mutex_;
+    mutable std::mutex claims_mutex_;
     std::unordered_map<std::string, local_claim> claims_; // device -> this node's connection
 
     std::mutex queue_mutex_;

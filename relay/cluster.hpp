@@ -52,6 +52,12 @@ public:
     // For /metrics: stream requests this node asked of a home, and those other nodes asked of it.
     virtual std::uint64_t requests_sent() const = 0;
     virtual std::uint64_t requests_received() const = 0;
+    // Devices whose control connection this node holds (its presence rows, or being written).
+    virtual std::size_t devices_held() const = 0;
+    // Seconds since the last lease renewal this node knows succeeded.
+    virtual double lease_age_seconds() const = 0;
+    // Database calls of cluster mode that failed (lease, presence, look-ups).
+    virtual std::uint64_t database_errors() const = 0;
     // Joins this node forwarded to a stream's node, and those forwarded to it.
     virtual std::uint64_t joins_forwarded() const = 0;
     virtual std::uint64_t joins_received() const = 0;

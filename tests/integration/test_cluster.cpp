@@ -327,7 +327,11 @@ TEST_CASE("cluster: a node that cannot renew its lease fences itself, and serves
         const http_answer ready = http_get(admin, "/readyz");
         CHECK(ready.status == 503);
         CHECK(ready.body == "fenced\n");
-        CHECK(metric(http_get(admin, "/metrics").body, "streamgate_cluster_fenced") == 1.0);
+        const std::string m = http_get(admin, "/metrics").body;
+        CHECK(metric(m, "streamgate_cluster_fenced") == 1.0);
+        CHECK(metric(m, "streamgate_cluster_lease_age_seconds").value_or(0) > 2.0);  // the lease is 2 s
+        CHECK(metric(m, "streamgate_cluster_database_errors_total").value_or(0) >= 1.0);
+        CHECK(metric(m, "streamgate_cluster_presence_rows") == 1.0);  // its device stays connected
     }
 
     c.pg.start();

@@ -164,6 +164,10 @@ TEST_CASE("cluster: behind one address, a join reaching another node is forwarde
                            count(c.n3.relay().stderr_text(), "event=JoinForwarded");
     CHECK(forwarded == static_cast<std::size_t>(2 * streams));
     CHECK(c.metric_of(c.n1, "streamgate_cluster_joins_total{direction=\"received\"}") == 2.0 * streams);
+    CHECK(c.metric_of(c.n1, "streamgate_cluster_presence_rows") == 1.0);
+    CHECK(c.metric_of(c.n2, "streamgate_cluster_presence_rows") == 0.0);
+    CHECK(c.metric_of(c.n2, "streamgate_cluster_lease_age_seconds") < 10.0);
+    CHECK(c.metric_of(c.n2, "streamgate_cluster_database_errors_total") == 0.0);
     CHECK(c.metric_of(c.n2, "streamgate_cluster_joins_total{direction=\"forwarded\"}") +
               c.metric_of(c.n3, "streamgate_cluster_joins_total{direction=\"forwarded\"}") ==
           2.0 * streams);
