@@ -385,6 +385,9 @@ asio::awaitable<void> housekeeping(std::shared_ptr<relay_state> state)
     asio::steady_timer timer(co_await asio::this_coro::executor);
     auto seen = state->reg->external_change_counter();
     auto audited = state->reg->last_audit_id();
+    constexpr auto full_check_interval = std::chrono::minutes(5);
+    auto now_steady = [] { return std::chrono::steady_clock::now(); };
+    auto last_full_check = now_steady();
     while (!state->stopping) {
         timer.expires_after(std::chrono::milliseconds(500));
         co_await timer.async_wait(use_nothrow);
@@ -397,6 +400,17 @@ asio::awaitable<void> housekeeping(std::shared_ptr<relay_state> state)
         try {
             constexpr std::size_t batch = 1000;
             auto entries = state->reg->audit_after(audited, batch);
+            // Re-check only the devices the entries name when each one is a device's change;
+            // anything else (a policy, a CA, a change without an entry) re-checks every device,
+            // as does one pass every five minutes.
+            bool only_devices = !entries.empty() && now_steady() - last_full_check < full_check_interval;
+            std::vector<std::string> named;
+            for (const auto& e : entries) {
+                if (e.action.starts_with("device-") && !e.subject.empty())
+                    named.push_back(e.subject);
+                else
+                    only_devices = false;
+            }
             for (const auto& e : entries) {
                 audited = e.id;
                 if (state->reg_cache)
@@ -405,7 +419,15 @@ asio::awaitable<void> housekeeping(std::shared_ptr<relay_state> state)
                     continue;
                 log_registry_change(*state->log, e);
             }
-            state->revalidate_devices();
+            if (only_devices) {
+                std::sort(named.begin(), named.end());
+                named.erase(std::unique(named.begin(), named.end()), named.end());
+                for (const auto& id : named)
+                    state->revalidate_devices(id);
+            } else {
+                state->revalidate_devices();
+                last_full_check = now_steady();
+            }
             if (entries.size() == batch)
                 continue; // more to read before the change counts as seen
             if (state->reg_cache)

@@ -188,7 +188,7 @@ TEST_CASE("cluster: a node killed with -9 is not used once its lease lapsed, and
 }
 
 TEST_CASE("cluster: the devices of a node killed with -9 are marked Disconnected by a live node once its lease "
-          "lapsed; a live node's are not", "[integration][postgres][cluster]") {
+          "lapsed, a live node's are not", "[integration][postgres][cluster]") {
     cluster c("2");
     echo_server target;
     const std::string dead_cs = c.n2.create_device("cl-swept");

@@ -191,7 +191,7 @@ TEST_CASE("cluster: behind one address, a join reaching another node is forwarde
     }
 }
 
-TEST_CASE("cluster: a forwarded join with a bad token gets the stream node's 401; a stream of a node that "
+TEST_CASE("cluster: a forwarded join with a bad token gets the stream node's 401, a stream of a node that "
           "is not live is refused where it arrived", "[integration][postgres][cluster]") {
     balanced_cluster c;
     const std::string missing = "/bridges/any/cl-none/n1." + std::string(32, 'a');

@@ -339,7 +339,7 @@ TEST_CASE("postgres: with the database down, credentials read within --registry-
           "never past a change the relay saw", "[integration][postgres]") {
     sgtest::pg_server pg;
     const std::string url = pg.create_database("cache");
-    relay_fixture relay(on_registry(url));
+    relay_fixture relay(relay_config{.args = {"--registry", url, "--admin-listen", "127.0.0.1:0"}});
     const std::string a_cs = relay.create_device("cache-a");
     const std::string b_cs = relay.create_device("cache-b");
     const std::string c_cs = relay.create_device("cache-c");

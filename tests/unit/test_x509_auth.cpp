@@ -56,7 +56,7 @@ std::string error_of(const std::function<void()>& f)
 
 } // namespace
 
-TEST_CASE("x509: a device CA must be a named PEM CA certificate; only certificates are kept", "[x509]")
+TEST_CASE("x509: a device CA must be a named PEM CA certificate, only certificates are kept", "[x509]")
 {
     temp_dir dir;
     auto files = ensure_relay_certificates(dir.path / "pki", {});
