@@ -12,6 +12,17 @@
 //       most `parallel` handshakes in flight, retrying a failed one up to 3 times; prints
 //       {"event":"connected",...} when all are up, then holds them (answering pings, rejecting
 //       stream requests) until SIGTERM/SIGINT and prints {"event":"released",...}.
+//       Cluster options (bench/cluster.sh):
+//         --relay HOST:PORT (repeatable) dial these nodes instead of --host-name (the token is
+//             still for --host-name). Device i dials the first one first; its later attempts go
+//             round its own order: the first, then the others rotated by i, so devices leaving
+//             the first node spread evenly over the rest.
+//         --reconnect 1  a lost connection is dialled again the way the device proxy does it
+//             (device-proxy/device_proxy.cpp control_loop): wait a uniformly jittered 50-100 % of
+//             the backoff (1 s, doubling after each failed attempt up to --max-backoff, default
+//             60), then dial the next relay of the device's order; forever, until SIGTERM.
+//         --events FILE  one line per reconnection: "index lost_unix_ms back_unix_ms relay attempts"
+//             (relay: its position in the --relay list).
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -21,6 +32,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <random>
 #include <string>
 #include <sys/resource.h>
 #include <thread>
@@ -53,6 +65,10 @@ struct options {
     int parallel = 0;
     unsigned threads = 0;
     int timeout_s = 600;
+    std::vector<std::pair<std::string, std::uint16_t>> relays;
+    bool reconnect = false;
+    int max_backoff_s = 60;
+    std::string events_file;
 };
 
 double seconds_since(clock_type::time_point t) { return std::chrono::duration<double>(clock_type::now() - t).count(); }
@@ -73,7 +89,8 @@ struct shared_run {
     std::shared_ptr<asio::ssl::context> tls;
     asio::io_context* ioc = nullptr;
     std::atomic<int> next{0};
-    std::atomic<int> done{0}, ok{0}, failed{0}, retries{0}, dropped{0};
+    std::atomic<int> done{0}, ok{0}, failed{0}, retries{0}, dropped{0}, reconnected{0}, reconnect_failures{0};
+    std::FILE* events = nullptr;
     std::mutex mutex;
     std::vector<double> latency_ms;
     std::string first_error;
@@ -188,12 +205,79 @@ int run_create(const options& o)
 }
 
 // ---------------------------------------------------------------------------------------------
-asio::awaitable<void> hold(std::shared_ptr<shared_run> run, std::shared_ptr<client::device_connection> conn)
+std::int64_t unix_ms()
 {
-    auto lost = co_await conn->run([conn](client::incoming_stream_request req) { conn->reject(req, "swarm device"); });
-    if (!run->ioc->stopped())
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+// Device i's n-th relay: the first, then the others rotated by i (see the header).
+std::size_t relay_turn(const options& o, int i, std::size_t n)
+{
+    std::size_t k = o.relays.size();
+    if (k <= 1 || n % k == 0)
+        return 0;
+    return 1 + (static_cast<std::size_t>(i) + n % k - 1) % (k - 1);
+}
+
+asio::awaitable<std::pair<failure, std::shared_ptr<client::device_connection>>>
+dial(std::shared_ptr<shared_run> run, const connection_string& cs, int i, std::size_t n)
+{
+    if (run->opts.relays.empty())
+        co_return co_await client::device_connection::connect(*run->tls, cs);
+    const auto& r = run->opts.relays[relay_turn(run->opts, i, n)];
+    co_return co_await client::device_connection::connect(*run->tls, cs, r.first, r.second);
+}
+
+asio::awaitable<void> hold(std::shared_ptr<shared_run> run, std::shared_ptr<client::device_connection> conn,
+                           connection_string cs, int i, std::size_t turn)
+{
+    std::mt19937 random(std::random_device{}());
+    asio::steady_timer sleep(co_await asio::this_coro::executor);
+    for (;;) {
+        std::function<void(client::incoming_stream_request)> on_request = [conn](client::incoming_stream_request req) {
+            conn->reject(req, "swarm device");
+        };
+        auto lost = co_await conn->run(on_request);
+        (void)lost;
+        if (run->ioc->stopped())
+            co_return;
         run->dropped++;
-    (void)lost;
+        if (!run->opts.reconnect)
+            co_return;
+        // As the device proxy: jittered backoff from 1 s, doubling per failed attempt; each
+        // attempt dials the next relay.
+        auto lost_at = unix_ms();
+        auto backoff = std::chrono::seconds(1);
+        int attempts = 0;
+        for (;;) {
+            auto jittered = std::chrono::milliseconds(
+                std::uniform_int_distribution<long>(backoff.count() * 500, backoff.count() * 1000)(random));
+            sleep.expires_after(jittered);
+            co_await sleep.async_wait(use_nothrow);
+            backoff = std::min(backoff * 2, std::chrono::seconds(std::max(1, run->opts.max_backoff_s)));
+            ++turn;
+            ++attempts;
+            auto connected = co_await dial(run, cs, i, turn);
+            auto& f = std::get<0>(connected);
+            if (f) {
+                run->reconnect_failures++;
+                run->note_error(cs.device_id + " (reconnect): " + f.describe());
+                continue;
+            }
+            conn = std::get<1>(connected);
+            break;
+        }
+        run->reconnected++;
+        run->dropped--;
+        std::lock_guard lock(run->mutex);
+        run->connections[static_cast<std::size_t>(i)] = conn;
+        if (run->events) {
+            std::fprintf(run->events, "%d %lld %lld %zu %d\n", i, static_cast<long long>(lost_at),
+                         static_cast<long long>(unix_ms()), relay_turn(run->opts, i, turn), attempts);
+            std::fflush(run->events);
+        }
+    }
 }
 
 asio::awaitable<void> connect_worker(std::shared_ptr<shared_run> run)
@@ -207,27 +291,27 @@ asio::awaitable<void> connect_worker(std::shared_ptr<shared_run> run)
         cs.device_id = device_id(run->opts, i);
         cs.shared_access_key = run->opts.key;
         bool up = false;
+        std::size_t turn = 0;
         for (int attempt = 0; attempt < 3 && !up; ++attempt) {
             if (attempt > 0)
                 run->retries++;
             // Each device's connection gets a strand of its own, as in the device proxy.
             auto strand = asio::make_strand(*run->ioc);
             auto t0 = clock_type::now();
-            auto connected = co_await asio::co_spawn(strand, client::device_connection::connect(*run->tls, cs),
-                                                     asio::use_awaitable);
+            auto connected = co_await asio::co_spawn(strand, dial(run, cs, i, turn), asio::use_awaitable);
             auto& f = std::get<0>(connected);
             auto& conn = std::get<1>(connected);
             if (f) {
                 run->note_error(cs.device_id + ": " + f.describe());
-                continue;
+                continue; // the first connection stays on the first relay (the benchmark's starting point)
             }
             up = true;
             {
                 std::lock_guard lock(run->mutex);
                 run->latency_ms.push_back(std::chrono::duration<double, std::milli>(clock_type::now() - t0).count());
-                run->connections.push_back(conn);
+                run->connections[static_cast<std::size_t>(i)] = conn;
             }
-            asio::co_spawn(strand, hold(run, conn), asio::detached);
+            asio::co_spawn(strand, hold(run, conn, cs, i, turn), asio::detached);
         }
         (up ? run->ok : run->failed)++;
         run->done++;
@@ -267,6 +351,12 @@ int run_connect(const options& o)
 {
     auto run = std::make_shared<shared_run>();
     run->opts = o;
+    run->connections.resize(static_cast<std::size_t>(std::max(0, o.count)));
+    if (!o.events_file.empty()) {
+        run->events = std::fopen(o.events_file.c_str(), "w");
+        if (!run->events)
+            throw config_error("cannot write " + o.events_file);
+    }
     run->tls = std::make_shared<asio::ssl::context>(
         make_client_tls_context(o.ca_file.empty() ? std::nullopt : std::optional<std::filesystem::path>(o.ca_file)));
     unsigned threads = o.threads ? o.threads : std::max(1u, std::thread::hardware_concurrency());
@@ -278,8 +368,10 @@ int run_connect(const options& o)
     asio::co_spawn(asio::make_strand(ioc), report_when_connected(run), asio::detached);
     asio::signal_set signals(ioc, SIGINT, SIGTERM);
     signals.async_wait([&](const error_code&, int) {
-        std::printf("{\"event\":\"released\",\"still_connected\":%d,\"dropped\":%d}\n",
-                    run->ok.load() - run->dropped.load(), run->dropped.load());
+        std::printf("{\"event\":\"released\",\"still_connected\":%d,\"dropped\":%d,\"reconnected\":%d,"
+                    "\"reconnect_failures\":%d}\n",
+                    run->ok.load() - run->dropped.load(), run->dropped.load(), run->reconnected.load(),
+                    run->reconnect_failures.load());
         std::fflush(stdout);
         ioc.stop();
     });
@@ -331,6 +423,19 @@ int main(int argc, char** argv)
             o.threads = static_cast<unsigned>(std::atoi(v.c_str()));
         else if (k == "--timeout")
             o.timeout_s = std::atoi(v.c_str());
+        else if (k == "--relay") {
+            auto colon = v.rfind(':');
+            if (colon == std::string::npos || colon == 0) {
+                std::fprintf(stderr, "--relay expects HOST:PORT\n");
+                return 2;
+            }
+            o.relays.emplace_back(v.substr(0, colon), static_cast<std::uint16_t>(std::atoi(v.c_str() + colon + 1)));
+        } else if (k == "--reconnect")
+            o.reconnect = v != "0";
+        else if (k == "--max-backoff")
+            o.max_backoff_s = std::atoi(v.c_str());
+        else if (k == "--events")
+            o.events_file = v;
         else {
             std::fprintf(stderr, "unknown option %s\n", k.c_str());
             return 2;
