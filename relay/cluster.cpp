@@ -14,6 +14,7 @@
 #include <thread>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/ssl/error.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/json.hpp>
 #include <openssl/pem.h>
@@ -37,6 +38,8 @@ constexpr std::string_view auth_scheme = "StreamgateCluster ";
 constexpr std::string_view signature_field = "x-streamgate-signature";
 constexpr std::int64_t max_clock_difference = 30; // seconds between a request's time and ours
 constexpr std::size_t max_cluster_body = 16 * 1024;
+// A node's connection waits this long for its next stream request (its client keeps it 10 s).
+constexpr auto keep_alive_idle = std::chrono::seconds(15);
 
 std::int64_t unix_now() { return static_cast<std::int64_t>(std::time(nullptr)); }
 
@@ -519,6 +522,44 @@ private:
 
     // ---- the client: asking a device's home ----
 
+    // Connections to a home kept after an answer, for its next request: one TCP + TLS handshake
+    // less per cross-node stream. Kept per node epoch (a restarted home is a new one) for at most
+    // idle_link_lifetime, fewer than the home's keep-alive wait; at most max_idle_links each.
+    static constexpr auto idle_link_lifetime = std::chrono::seconds(10);
+    static constexpr std::size_t max_idle_links = 8;
+    struct idle_link {
+        std::shared_ptr<tls_stream> stream;
+        std::chrono::steady_clock::time_point since;
+    };
+    static std::string link_key(const cluster_node_record& node) { return node.node_id + "/" + node.epoch; }
+
+    asio::awaitable<std::shared_ptr<tls_stream>> take_idle_link(const cluster_node_record& node)
+    {
+        auto here = co_await asio::this_coro::executor;
+        std::lock_guard lock(idle_mutex_);
+        auto it = idle_links_.find(link_key(node));
+        while (it != idle_links_.end() && !it->second.empty()) {
+            idle_link link = std::move(it->second.back());
+            it->second.pop_back();
+            if (std::chrono::steady_clock::now() - link.since > idle_link_lifetime || !link.stream->idle_and_open())
+                continue; // closed by the home, or too old to trust
+            link.stream->rebind(here);
+            co_return link.stream;
+        }
+        co_return nullptr;
+    }
+
+    void put_idle_link(const cluster_node_record& node, std::shared_ptr<tls_stream> stream)
+    {
+        stream->expires_never();
+        std::lock_guard lock(idle_mutex_);
+        auto& links = idle_links_[link_key(node)];
+        auto now = std::chrono::steady_clock::now();
+        std::erase_if(links, [&](const idle_link& l) { return now - l.since > idle_link_lifetime; });
+        if (links.size() < max_idle_links)
+            links.push_back(idle_link{std::move(stream), now});
+    }
+
     // A TLS connection to `node`'s cluster listener presenting the certificate it registered;
     // else null and why.
     asio::awaitable<std::tuple<std::string, std::shared_ptr<tls_stream>>> connect_to(const cluster_node_record& node,
@@ -562,9 +603,14 @@ private:
             return error_response(req, codes::gateway_timeout,
                                   "the device's relay " + home.node_id + " did not answer in time");
         };
-        auto [why, stream] = co_await connect_to(home, std::min<std::chrono::seconds>(budget, std::chrono::seconds(5)));
-        if (!stream)
-            co_return give_up(why);
+        auto stream = co_await take_idle_link(home);
+        const bool reused = stream != nullptr;
+        if (!stream) {
+            auto [why, fresh] = co_await connect_to(home, std::min<std::chrono::seconds>(budget, std::chrono::seconds(5)));
+            if (!fresh)
+                co_return give_up(why);
+            stream = std::move(fresh);
+        }
 
         json::object body{{"deviceId", offer.device_id},
                           {"streamName", offer.stream_name},
@@ -581,7 +627,7 @@ private:
         out.set(http::field::authorization,
                 std::string(auth_scheme) +
                     sign(secret_, string_to_sign("POST", streams_target, self_.node_id, home.node_id, time, out.body())));
-        out.keep_alive(false);
+        out.keep_alive(true); // the connection serves the next request to this home too
         out.prepare_payload();
 
         auto left = budget - std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started);
@@ -596,8 +642,12 @@ private:
         if (rec)
             co_return give_up(rec == beast::error::timeout ? "no answer in " + std::to_string(budget.count()) + "s"
                                                            : "no answer: " + rec.message());
-        error_code ignored;
-        beast::get_lowest_layer(*stream).socket().shutdown(tcp::socket::shutdown_both, ignored);
+        if (parser.get().keep_alive()) {
+            put_idle_link(home, stream);
+        } else {
+            error_code ignored;
+            beast::get_lowest_layer(*stream).socket().shutdown(tcp::socket::shutdown_both, ignored);
+        }
 
         // The home's answer is the service's answer, as if the device were here.
         auto& answer = parser.get();
@@ -610,9 +660,9 @@ private:
         res.body() = answer.body();
         res.keep_alive(req.keep_alive() && answer.result_int() / 100 != 4);
         res.prepare_payload();
-        log_->info("event=StreamForwarded device={} stream={} home={} status={} accepted={}", offer.device_id,
-                   offer.stream_name, home.node_id, answer.result_int(),
-                   std::string(answer["iothub-streaming-is-accepted"]));
+        log_->info("event=StreamForwarded device={} stream={} home={} status={} accepted={} connection={}",
+                   offer.device_id, offer.stream_name, home.node_id, answer.result_int(),
+                   std::string(answer["iothub-streaming-is-accepted"]), reused ? "kept" : "new");
         co_return res;
     }
 
@@ -713,43 +763,59 @@ private:
             co_return;
         }
         beast::flat_buffer buffer;
-        http::request_parser<http::string_body> parser;
-        parser.header_limit(static_cast<std::uint32_t>(state.options.max_header_bytes));
-        parser.body_limit(max_cluster_body);
-        auto [rec, rn] = co_await http::async_read(stream, buffer, parser, use_nothrow);
-        if (rec) {
-            self->log_->info("event=BadRequest endpoint=cluster peer={} reason=\"{}\"", peer, rec.message());
-            co_return;
-        }
-        request_type req = parser.release();
-        std::string from;
-        http::response<http::string_body> res;
-        if (auto f = self->authenticate(req, from)) {
-            self->log_->warn("event=AuthFailed peer={} endpoint=cluster node=\"{}\" code={} reason=\"{}\"", peer,
-                             from.substr(0, 64), f.code, f.message);
-            res = error_response(req, f.code, f.message);
-        } else if (route r = match_route(req.target()); r.kind == route_kind::bridge && websocket::is_upgrade(req)) {
-            // A side of a stream created here, whose connection reached another node.
-            self->joins_received_.fetch_add(1, std::memory_order_relaxed);
-            stream.expires_never();
-            std::string via = std::string(req["x-streamgate-peer"]).substr(0, 64) + " via " + from;
-            co_await serve_bridge(self->state_, std::move(stream), std::move(req), std::move(r), std::move(via));
-            co_return;
-        } else {
-            stream.expires_never(); // the offer has its own deadline (the device's answer)
-            try {
-                res = co_await self->handle(req, from);
-            } catch (const registry_unavailable& e) {
-                self->log_->warn("event=RegistryUnavailable peer={} endpoint=cluster reason=\"{}\"", peer, e.what());
-                res = error_response(req, codes::registry_unavailable, registry_unavailable_message);
-            } catch (const std::exception& e) {
-                self->log_->error("event=InternalError peer={} endpoint=cluster reason=\"{}\"", peer, e.what());
-                res = error_response(req, codes::internal, "internal error");
+        // Stream requests of one node follow each other on its connection (keep-alive); a
+        // forwarded join takes the connection over.
+        for (bool first = true;; first = false) {
+            http::request_parser<http::string_body> parser;
+            parser.header_limit(static_cast<std::uint32_t>(state.options.max_header_bytes));
+            parser.body_limit(max_cluster_body);
+            if (!first)
+                stream.expires_after(keep_alive_idle);
+            auto [rec, rn] = co_await http::async_read(stream, buffer, parser, use_nothrow);
+            if (rec) {
+                bool idle_end = !first && (rec == http::error::end_of_stream || rec == beast::error::timeout ||
+                                           rec == asio::error::eof || rec == asio::ssl::error::stream_truncated);
+                if (!idle_end)
+                    self->log_->info("event=BadRequest endpoint=cluster peer={} reason=\"{}\"", peer, rec.message());
+                co_return;
             }
+            request_type req = parser.release();
+            std::string from;
+            http::response<http::string_body> res;
+            bool keep = req.keep_alive();
+            if (auto f = self->authenticate(req, from)) {
+                self->log_->warn("event=AuthFailed peer={} endpoint=cluster node=\"{}\" code={} reason=\"{}\"", peer,
+                                 from.substr(0, 64), f.code, f.message);
+                res = error_response(req, f.code, f.message);
+                keep = false;
+            } else if (route r = match_route(req.target()); r.kind == route_kind::bridge && websocket::is_upgrade(req)) {
+                // A side of a stream created here, whose connection reached another node.
+                self->joins_received_.fetch_add(1, std::memory_order_relaxed);
+                stream.expires_never();
+                std::string via = std::string(req["x-streamgate-peer"]).substr(0, 64) + " via " + from;
+                co_await serve_bridge(self->state_, std::move(stream), std::move(req), std::move(r), std::move(via));
+                co_return;
+            } else {
+                stream.expires_never(); // the offer has its own deadline (the device's answer)
+                try {
+                    res = co_await self->handle(req, from);
+                } catch (const registry_unavailable& e) {
+                    self->log_->warn("event=RegistryUnavailable peer={} endpoint=cluster reason=\"{}\"", peer, e.what());
+                    res = error_response(req, codes::registry_unavailable, registry_unavailable_message);
+                } catch (const std::exception& e) {
+                    self->log_->error("event=InternalError peer={} endpoint=cluster reason=\"{}\"", peer, e.what());
+                    res = error_response(req, codes::internal, "internal error");
+                }
+            }
+            keep = keep && !self->state_->stopping;
+            res.keep_alive(keep);
+            stream.expires_after(std::chrono::seconds(30));
+            auto [wec, wn] = co_await http::async_write(stream, res, use_nothrow);
+            if (wec)
+                co_return;
+            if (!keep)
+                break;
         }
-        res.keep_alive(false);
-        stream.expires_after(std::chrono::seconds(30));
-        co_await http::async_write(stream, res, use_nothrow);
         stream.expires_after(std::chrono::seconds(5));
         co_await stream.async_shutdown(use_nothrow);
     }
@@ -764,6 +830,9 @@ private:
     std::unique_ptr<cluster_store> store_; // used by the cluster thread, and find_home from any thread
     std::atomic<std::chrono::steady_clock::rep> lease_deadline_{0};
     std::atomic<std::uint64_t> sent_{0}, received_{0}, joins_forwarded_{0}, joins_received_{0}, database_errors_{0};
+
+    std::mutex idle_mutex_;
+    std::unordered_map<std::string, std::vector<idle_link>> idle_links_;
 
     mutable std::mutex claims_mutex_;
     std::unordered_map<std::string, local_claim> claims_; // device -> this node's connection

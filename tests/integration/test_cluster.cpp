@@ -94,6 +94,10 @@ TEST_CASE("cluster: a stream asked of n2 for a device on n1 is created by n1 and
         CHECK(metric(m1.body, "streamgate_cluster_stream_requests_total{direction=\"received\"}") == 1.0);
         CHECK(metric(m1.body, "streamgate_cluster_fenced") == 0.0);
     }
+    CHECK(contains(log2, "home=n1 status=200 accepted=True connection=new"));
+    // The next request to n1 within 10 s goes on the connection the first one opened.
+    expect_echo(c.n2, c.service_cs(c.n2), "cl-echo", 4096);
+    CHECK(contains(c.n2.relay().stderr_text(), "home=n1 status=200 accepted=True connection=kept"));
 
     // The answer n2 gives names n1's public URL (here its HostName): that is where both sides join.
     {
