@@ -17,11 +17,13 @@ namespace {
 using sg::relay::route;
 using sg::relay::route_kind;
 
-bool token_segment(const std::string& s)
+// Hub: [A-Za-z0-9_-]; stream id also '.' (a cluster node's "{nodeId}.{hex}"), never "." or "..".
+bool token_segment(const std::string& s, bool dots = false)
 {
-    if (s.empty() || s.size() > 128) return false;
+    if (s.empty() || s.size() > 128 || s == "." || s == "..") return false;
     for (unsigned char c : s)
-        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' || c == '_'))
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' || c == '_' ||
+              (dots && c == '.')))
             return false;
     return true;
 }
@@ -60,7 +62,7 @@ void check_route(const route& r)
     else
         SG_FUZZ_CHECK(r.stream_name.empty());
     if (r.kind == route_kind::bridge)
-        SG_FUZZ_CHECK(token_segment(r.hub) && token_segment(r.stream_id));
+        SG_FUZZ_CHECK(token_segment(r.hub) && token_segment(r.stream_id, true));
     else
         SG_FUZZ_CHECK(r.hub.empty() && r.stream_id.empty());
 }
