@@ -134,9 +134,11 @@ asio::awaitable<void> serve_bridge(std::shared_ptr<relay_state> state, tls_strea
     if (home != here) {
         // The other side's connection lives on another thread: this one moves there, so the pump
         // reads and writes both without handing a byte between threads.
+        // Detached, not awaited: a coroutine waiting on another io_context for its child made
+        // the two contexts' teardown order matter (the child's end posted to a destroyed one).
         stream.rebind(home);
-        co_await asio::co_spawn(home, join_side(state, std::move(stream), std::move(req), std::move(r), std::move(peer), s, side),
-                                asio::use_awaitable);
+        asio::co_spawn(home, join_side(state, std::move(stream), std::move(req), std::move(r), std::move(peer), s, side),
+                       asio::detached);
         co_return;
     }
     co_await join_side(state, std::move(stream), std::move(req), std::move(r), std::move(peer), s, side);

@@ -156,8 +156,19 @@ void relay_state::revalidate_devices(const std::string& device_id)
             channels.push_back(it->second);
         }
     }
+    // Every device: one statement for the whole registry rather than a round trip per device.
+    std::unordered_map<std::string, device_identity> all;
+    if (device_id.empty() && channels.size() > 1)
+        for (auto& d : reg->list_devices())
+            all.emplace(d.device_id, std::move(d));
     for (auto& ch : channels) {
-        auto d = reg->find_device(ch->device_id());
+        std::optional<device_identity> d;
+        if (device_id.empty() && channels.size() > 1) {
+            if (auto it = all.find(ch->device_id()); it != all.end())
+                d = it->second;
+        } else {
+            d = reg->find_device(ch->device_id());
+        }
         std::string why;
         if (!d)
             why = "device was deleted";

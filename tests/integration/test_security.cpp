@@ -283,6 +283,28 @@ TEST_CASE("security: disabling or deleting a device closes its live control conn
     CHECK_FALSE(contains(proxy_k->stderr_text(), "401003"));
 }
 
+TEST_CASE("security: a change made without the admin CLI (an operator's SQL) re-checks every live device",
+          "[integration][security]") {
+    relay_fixture relay;
+    echo_server target;
+    auto gone = spawn_device_proxy(relay, "device-proxy-gone", relay.create_device("sql-gone"), target.port());
+    auto off = spawn_device_proxy(relay, "device-proxy-off", relay.create_device("sql-off"), target.port());
+    auto kept = spawn_device_proxy(relay, "device-proxy-kept", relay.create_device("sql-kept"), target.port());
+    REQUIRE(relay.wait_device_connected("sql-gone", *gone));
+    REQUIRE(relay.wait_device_connected("sql-off", *off));
+    REQUIRE(relay.wait_device_connected("sql-kept", *kept));
+    // No audit entry names these devices: the relay cannot tell which changed, so it checks all.
+    run_result r = run({"sqlite3", (relay.data_dir() / "registry.db").string(),
+                        "DELETE FROM devices WHERE device_id = 'sql-gone'; "
+                        "UPDATE devices SET status = 'disabled' WHERE device_id = 'sql-off';"});
+    INFO(r.err);
+    REQUIRE(r.exit_code == 0);
+    CHECK(wait_until([&] { return contains(relay.relay().stderr_text(), "event=DeviceRevoked device=sql-gone reason=\"device was deleted\""); }, 5s));
+    CHECK(wait_until([&] { return contains(relay.relay().stderr_text(), "event=DeviceRevoked device=sql-off reason=\"device was disabled\""); }, 5s));
+    CHECK_FALSE(contains(relay.relay().stderr_text(), "event=DeviceRevoked device=sql-kept"));
+    CHECK(relay.device_connected("sql-kept"));
+}
+
 TEST_CASE("security: stream tokens are single use, bound to their stream, device and side, and expire",
           "[integration][security]") {
     relay_fixture relay;
