@@ -181,17 +181,24 @@ asio::awaitable<void> join_side(std::shared_ptr<relay_state> state, tls_stream s
         co_return;
     }
 
-    co_await timer->async_wait(use_nothrow);
     bool gave_up = false, device_lost = false;
-    {
+    for (;;) {
+        co_await timer->async_wait(use_nothrow);
         std::lock_guard lock(state->streams_mutex);
         device_lost = s->device_lost;
-        if (s->waiting == ws) {
-            s->waiting.reset();
-            s->waiting_timer.reset();
-            state->streams.erase(s->stream_id);
-            gave_up = true;
+        if (s->waiting != ws)
+            break; // the other side took it and runs the pump
+        // Woken early: the deadline moved (the device accepted: now + connect timeout) or the
+        // device left. Wait for what is left, if anything.
+        if (!device_lost && std::chrono::steady_clock::now() < s->expires_at) {
+            timer->expires_at(s->expires_at);
+            continue;
         }
+        s->waiting.reset();
+        s->waiting_timer.reset();
+        state->streams.erase(s->stream_id);
+        gave_up = true;
+        break;
     }
     if (gave_up) {
         int code = device_lost ? codes::device_connection_closed : codes::gateway_timeout;

@@ -463,6 +463,11 @@ asio::awaitable<http::response<http::string_body>> offer_stream(std::shared_ptr<
         {
             std::lock_guard lock(state->streams_mutex);
             pending->expires_at = std::chrono::steady_clock::now() + connect_timeout;
+            // A device that joined before its answer arrived waits on the longer deadline: wake it
+            // to wait for the new one (else a service that never joins holds it for the response
+            // timeout as well).
+            if (pending->waiting_timer)
+                asio::post(pending->waiting_timer->get_executor(), [t = pending->waiting_timer] { t->cancel(); });
         }
         res.set("iothub-streaming-is-accepted", "True");
         res.set("iothub-streaming-url", url);

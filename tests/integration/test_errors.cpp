@@ -4,6 +4,7 @@
 #include <regex>
 
 #include "harness.hpp"
+#include "wire.hpp"
 
 using namespace sgit;
 
@@ -120,4 +121,47 @@ TEST_CASE("errors: creating an existing device fails with 409001", "[integration
     CHECK(*r.exit_code != 0);
     CHECK(contains(r.err, "409001"));
     CHECK(trim(r.out).empty());
+}
+
+TEST_CASE("errors: a device that joins before its answer arrived and a service that never joins: the device's "
+          "side is closed 504101 after the connect timeout, not the response timeout as well",
+          "[integration][errors]") {
+    relay_fixture relay;
+    const std::string host = relay_host(relay);
+    const long long se = unix_now() + 600;
+    const std::string cs = relay.create_device("early-join");
+    const std::string device = "Authorization: " + sas_token(host + "/devices/early-join", cs_field(cs, "SharedAccessKey"), "", se);
+    const std::string service = "Authorization: " + sas_token(host, policy_key(relay, "service"), "service", se);
+    const auto started = steady::now();
+    wire_result w = wire_script(relay, {
+        step({{"op", "connect"}, {"conn", "dev"}}),
+        step({{"op", "upgrade"}, {"label", "control"}, {"conn", "dev"}, {"path", "/devices/early-join/streams"},
+              {"headers", std::vector<std::string>{device}}}),
+        wait_connected_step(relay, "early-join"),
+        step({{"op", "connect"}, {"conn", "svc"}}),
+        step({{"op", "request"}, {"label", "post"}, {"conn", "svc"}, {"method", "POST"},
+              {"path", "/twins/early-join/streams/s"},
+              {"headers", std::vector<std::string>{service, "iothub-streaming-connect-timeout-in-seconds: 2",
+                                                   "iothub-streaming-response-timeout-in-seconds: 60"}},
+              {"read", false}}),
+        step({{"op", "ws_recv"}, {"label", "request"}, {"conn", "dev"}}),
+        // The device's data connection first, its answer second.
+        step({{"op", "connect"}, {"conn", "join"}}),
+        step({{"op", "upgrade"}, {"label", "join"}, {"conn", "join"}, {"path", "${request.url.path}"},
+              {"headers", std::vector<std::string>{"Authorization: Bearer ${request.j.authorizationToken}"}}}),
+        step({{"op", "ws_send"}, {"label", "answer"}, {"conn", "dev"}, {"type", "text"},
+              {"data", R"({"type":"streamResponse","requestId":"${request.j.requestId}","accepted":true})"}}),
+        step({{"op", "read_response"}, {"label", "post"}, {"conn", "svc"}}),
+        // The service never joins.
+        step({{"op", "ws_recv"}, {"label", "closed"}, {"conn", "join"}, {"timeout", 20}}),
+    }, 40s);
+    const auto took = std::chrono::duration_cast<millis>(steady::now() - started);
+    INFO(w.describe());
+    CHECK(w.at("join").status() == 101);
+    CHECK(w.at("post").status() == 200);
+    const wire_event& closed = w.at("closed");
+    CHECK(closed.event() == "close");
+    CHECK(contains(closed.get("reason"), "504101"));
+    CHECK(took < 15s);  // connect timeout 2 s; before the fix it waited 60 s + 2 s
+    CHECK(contains(relay.relay().stderr_text(), "reason=\"service side never joined\""));
 }
