@@ -27,16 +27,6 @@ namespace prom = sg::prometheus;
 constexpr std::size_t max_devices_listed = 1000;
 constexpr auto registry_list_refresh = std::chrono::seconds(2);
 
-std::string iso8601(std::chrono::system_clock::time_point t)
-{
-    std::time_t seconds = std::chrono::system_clock::to_time_t(t);
-    std::tm tm{};
-    gmtime_r(&seconds, &tm);
-    char buf[32];
-    std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    return buf;
-}
-
 // The registry's device list, read at most every two seconds however many pages poll it (a large
 // registry is not read once a second per open page). Keys are not kept.
 class device_list_cache {
@@ -175,12 +165,12 @@ json::object status_json(admin_context& ctx)
         // Cluster mode: online anywhere; the node is this one for its own connections (fresher
         // than the presence read) and presence's for the others'.
         std::string node = held_here ? here : d.node;
-        rows.push_back(row{d.id, held_here || !node.empty(), d.enabled, held_here ? iso8601(it->second) : d.state_since,
+        rows.push_back(row{d.id, held_here || !node.empty(), d.enabled, held_here ? utc_iso8601(it->second) : d.state_since,
                            std::move(node)});
         unlisted.erase(d.id);
     }
     for (const auto& [id, at] : unlisted)
-        rows.push_back(row{id, true, true, iso8601(at), here});
+        rows.push_back(row{id, true, true, utc_iso8601(at), here});
     std::sort(rows.begin(), rows.end(), [](const row& a, const row& b) {
         return a.online != b.online ? a.online : a.id < b.id;
     });
@@ -207,8 +197,8 @@ json::object status_json(admin_context& ctx)
                                        {"bytesToService", s.bytes_to_service},
                                        {"rateToDevice", s.rate_to_device},
                                        {"rateToService", s.rate_to_service}});
-    return json::object{{"now", iso8601(now)},
-                        {"startedAt", iso8601(state.metrics.started_at())},
+    return json::object{{"now", utc_iso8601(now)},
+                        {"startedAt", utc_iso8601(state.metrics.started_at())},
                         {"hostName", state.host_name},
                         {"hub", state.hub_name},
                         {"ready", state.ready && !state.stopping},

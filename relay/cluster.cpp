@@ -86,16 +86,6 @@ std::string string_to_sign(std::string_view method, std::string_view target, std
     return s;
 }
 
-std::string iso8601_utc(std::chrono::system_clock::time_point t)
-{
-    std::time_t tt = std::chrono::system_clock::to_time_t(t);
-    std::tm tm{};
-    gmtime_r(&tt, &tm);
-    char buf[32];
-    std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    return buf;
-}
-
 std::string sign(const std::string& key, const std::string& text) { return base64_encode(hmac_sha256(key, text)); }
 
 struct local_claim {
@@ -280,14 +270,8 @@ public:
             co_await refuse(codes::gateway_timeout, "the stream's relay " + home_id + " cannot be reached: " + why);
             co_return;
         }
-        const std::string time = std::to_string(unix_now());
-        req.set("x-streamgate-node", self_.node_id);
-        req.set("x-streamgate-to", home->node_id);
-        req.set("x-streamgate-time", time);
         req.set("x-streamgate-peer", peer);
-        req.set(signature_field, std::string(auth_scheme) +
-                                     sign(secret_, string_to_sign(req.method_string(), req.target(), self_.node_id,
-                                                                  home->node_id, time, req.body())));
+        sign_request(req, home->node_id, signature_field); // the side's Bearer token stays in Authorization
         upstream->expires_after(std::chrono::seconds(10));
         auto [wec, wn] = co_await http::async_write(*upstream, req, use_nothrow);
         if (wec) {
@@ -449,7 +433,7 @@ private:
         auto now = std::chrono::system_clock::now();
         auto grace = 2 * lease_ + std::chrono::seconds(5);
         int swept = store_->sweep_connection_state(
-            iso8601_utc(now - std::chrono::duration_cast<std::chrono::system_clock::duration>(grace)), iso8601_utc(now));
+            utc_iso8601(now - std::chrono::duration_cast<std::chrono::system_clock::duration>(grace)), utc_iso8601(now));
         if (swept > 0)
             log_->info("event=ConnectionStateSwept node={} devices={} reason=\"no live relay holds them\"",
                        self_.node_id, swept);
@@ -560,6 +544,17 @@ private:
             links.push_back(idle_link{std::move(stream), now});
     }
 
+    // Who sends it, to whom, when, and the HMAC of all that with the request (docs/PROTOCOL.md).
+    void sign_request(request_type& req, const std::string& to, std::string_view field) const
+    {
+        const std::string time = std::to_string(unix_now());
+        req.set("x-streamgate-node", self_.node_id);
+        req.set("x-streamgate-to", to);
+        req.set("x-streamgate-time", time);
+        req.set(field, std::string(auth_scheme) + sign(secret_, string_to_sign(req.method_string(), req.target(),
+                                                                                self_.node_id, to, time, req.body())));
+    }
+
     // A TLS connection to `node`'s cluster listener presenting the certificate it registered;
     // else null and why.
     asio::awaitable<std::tuple<std::string, std::shared_ptr<tls_stream>>> connect_to(const cluster_node_record& node,
@@ -620,13 +615,7 @@ private:
         out.set(http::field::host, home.cluster_address);
         out.set(http::field::content_type, "application/json");
         out.body() = json::serialize(body);
-        const std::string time = std::to_string(unix_now());
-        out.set("x-streamgate-node", self_.node_id);
-        out.set("x-streamgate-to", home.node_id);
-        out.set("x-streamgate-time", time);
-        out.set(http::field::authorization,
-                std::string(auth_scheme) +
-                    sign(secret_, string_to_sign("POST", streams_target, self_.node_id, home.node_id, time, out.body())));
+        sign_request(out, home.node_id, to_string(http::field::authorization));
         out.keep_alive(true); // the connection serves the next request to this home too
         out.prepare_payload();
 

@@ -157,13 +157,14 @@ void relay_state::revalidate_devices(const std::string& device_id)
         }
     }
     // Every device: one statement for the whole registry rather than a round trip per device.
+    const bool whole_registry = device_id.empty() && channels.size() > 1;
     std::unordered_map<std::string, device_identity> all;
-    if (device_id.empty() && channels.size() > 1)
+    if (whole_registry)
         for (auto& d : reg->list_devices())
             all.emplace(d.device_id, std::move(d));
     for (auto& ch : channels) {
         std::optional<device_identity> d;
-        if (device_id.empty() && channels.size() > 1) {
+        if (whole_registry) {
             if (auto it = all.find(ch->device_id()); it != all.end())
                 d = it->second;
         } else {

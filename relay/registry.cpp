@@ -54,15 +54,17 @@ std::string permissions_to_string(unsigned permissions)
     return out;
 }
 
-std::string utc_now_iso8601()
+std::string utc_iso8601(std::chrono::system_clock::time_point t)
 {
-    std::time_t now = std::time(nullptr);
+    std::time_t seconds = std::chrono::system_clock::to_time_t(t);
     std::tm tm{};
-    gmtime_r(&now, &tm);
+    gmtime_r(&seconds, &tm);
     char buf[32];
     std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
     return buf;
 }
+
+std::string utc_now_iso8601() { return utc_iso8601(std::chrono::system_clock::now()); }
 
 bool is_postgres_url(std::string_view url)
 {

@@ -3,6 +3,7 @@
 // A small interface with two implementations: the embedded SQLite file (the default) and a
 // shared PostgreSQL database (--registry postgresql://..., for cluster mode).
 // Implementations are safe to call from several threads.
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <memory>
@@ -153,6 +154,8 @@ bool is_postgres_url(std::string_view url);
 // The URL without its password (user info and password= parameter): safe to log.
 std::string redact_database_url(std::string_view url);
 
+// ISO 8601 UTC to the second, e.g. 2026-11-27T07:31:05Z (the registry's time format).
+std::string utc_iso8601(std::chrono::system_clock::time_point t);
 std::string utc_now_iso8601();
 
 } // namespace sg::relay
