@@ -386,8 +386,7 @@ asio::awaitable<void> housekeeping(std::shared_ptr<relay_state> state)
     auto seen = state->reg->external_change_counter();
     auto audited = state->reg->last_audit_id();
     constexpr auto full_check_interval = std::chrono::minutes(5);
-    auto now_steady = [] { return std::chrono::steady_clock::now(); };
-    auto last_full_check = now_steady();
+    auto last_full_check = std::chrono::steady_clock::now();
     while (!state->stopping) {
         timer.expires_after(std::chrono::milliseconds(500));
         co_await timer.async_wait(use_nothrow);
@@ -403,7 +402,7 @@ asio::awaitable<void> housekeeping(std::shared_ptr<relay_state> state)
             // Re-check only the devices the entries name when each one is a device's change;
             // anything else (a policy, a CA, a change without an entry) re-checks every device,
             // as does one pass every five minutes.
-            bool only_devices = !entries.empty() && now_steady() - last_full_check < full_check_interval;
+            bool only_devices = !entries.empty() && std::chrono::steady_clock::now() - last_full_check < full_check_interval;
             std::vector<std::string> named;
             for (const auto& e : entries) {
                 if (e.action.starts_with("device-") && !e.subject.empty())
@@ -426,7 +425,7 @@ asio::awaitable<void> housekeeping(std::shared_ptr<relay_state> state)
                     state->revalidate_devices(id);
             } else {
                 state->revalidate_devices();
-                last_full_check = now_steady();
+                last_full_check = std::chrono::steady_clock::now();
             }
             if (entries.size() == batch)
                 continue; // more to read before the change counts as seen
