@@ -99,8 +99,14 @@ void offer_session(SSL* connection, const std::string& host, std::uint16_t port)
     {
         std::lock_guard lock(cache->mutex);
         auto it = cache->sessions.find(key);
+        // A copy, as in remember_session: a connection that ends without close_notify marks
+        // the session object it used not resumable, and the next connection would pay a full
+        // handshake.
         if (it != cache->sessions.end() && SSL_SESSION_is_resumable(it->second))
-            SSL_set_session(connection, it->second); // takes its own reference
+            if (SSL_SESSION* copy = SSL_SESSION_dup(it->second)) {
+                SSL_set_session(connection, copy); // takes its own reference
+                SSL_SESSION_free(copy);
+            }
     }
     delete static_cast<std::string*>(SSL_get_ex_data(connection, ssl_key_index()));
     SSL_set_ex_data(connection, ssl_key_index(), new std::string(std::move(key)));

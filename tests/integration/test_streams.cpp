@@ -216,4 +216,14 @@ TEST_CASE("streams: each proxy keeps one resumed connection opened ahead for the
     const std::string later = tunnel.relay.relay().stderr_text();
     CHECK(count_of(later, " resumed=") == 3 + 2 * streams);
     CHECK(count_of(later, "event=BadRequest") == 0);
+    // The closed spares took no session with them: the next stream's connections resume (the
+    // cached session is copied for each connection; one closed without close_notify made
+    // OpenSSL mark the object it used not resumable, and cost the next one a full handshake).
+    unique_fd next = open_echo_stream(tunnel.local_port);
+    next.reset();
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    const std::string after = tunnel.relay.relay().stderr_text();
+    INFO(tail(after, 2000));
+    CHECK(count_of(after, " resumed=false") == 2);
+    CHECK(count_of(after, " resumed=true") >= 1 + 2 * streams + 2);
 }
