@@ -12,6 +12,7 @@
 #include <ctime>
 #include <mutex>
 #include <stdexcept>
+#include <unordered_map>
 #include <utility>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -70,14 +71,67 @@ void create_private_dirs(const std::filesystem::path& dir)
                                  std::strerror(errno));
 }
 
+// Prepared statements kept for reuse: compiling the SQL cost more than running it (the SAS
+// policy and device look-ups of every stream request). Used under the registry's mutex.
+class statement_cache {
+public:
+    statement_cache() = default;
+    statement_cache(const statement_cache&) = delete;
+    statement_cache& operator=(const statement_cache&) = delete;
+    ~statement_cache() { clear(); }
+    // A prepared statement for sql that nobody uses, or null.
+    sqlite3_stmt* take(const std::string& sql)
+    {
+        auto it = idle_.find(sql);
+        return it == idle_.end() ? nullptr : std::exchange(it->second, nullptr);
+    }
+    // Returns a reset statement; false when one for sql is kept already (the caller finalizes).
+    bool give(const std::string& sql, sqlite3_stmt* stmt)
+    {
+        auto& slot = idle_[sql];
+        if (slot)
+            return false;
+        slot = stmt;
+        return true;
+    }
+    void clear()
+    {
+        for (auto& [sql, stmt] : idle_)
+            sqlite3_finalize(stmt);
+        idle_.clear();
+    }
+
+private:
+    std::unordered_map<std::string, sqlite3_stmt*> idle_;
+};
+
 class statement {
 public:
-    statement(sqlite3* db, const char* sql) : db_(db)
+    statement(sqlite3* db, const char* sql, statement_cache* cache) : db_(db), cache_(cache)
     {
-        if (sqlite3_prepare_v2(db, sql, -1, &stmt_, nullptr) != SQLITE_OK) stmt_ = nullptr;
+        if (cache_) {
+            sql_ = sql;
+            stmt_ = cache_->take(sql_);
+            if (stmt_)
+                return;
+        }
+        if (sqlite3_prepare_v3(db, sql, -1, cache_ ? SQLITE_PREPARE_PERSISTENT : 0, &stmt_, nullptr) != SQLITE_OK)
+            stmt_ = nullptr;
     }
-    ~statement() { sqlite3_finalize(stmt_); }
-    statement(statement&& o) noexcept : db_(o.db_), stmt_(std::exchange(o.stmt_, nullptr)) {}
+    ~statement()
+    {
+        if (stmt_ && cache_) {
+            sqlite3_reset(stmt_);
+            sqlite3_clear_bindings(stmt_);
+            if (cache_->give(sql_, stmt_))
+                return;
+        }
+        sqlite3_finalize(stmt_);
+    }
+    statement(statement&& o) noexcept
+        : db_(o.db_), cache_(o.cache_), sql_(std::move(o.sql_)), stmt_(std::exchange(o.stmt_, nullptr))
+    {
+    }
     statement(const statement&) = delete;
     statement& operator=(const statement&) = delete;
 
@@ -98,6 +152,8 @@ public:
 
 private:
     sqlite3* db_;
+    statement_cache* cache_;
+    std::string sql_;
     sqlite3_stmt* stmt_ = nullptr;
 };
 
@@ -491,7 +547,7 @@ private:
 
     statement prepare(const char* sql)
     {
-        statement s(db(), sql);
+        statement s(db(), sql, &statements_);
         if (!s.ok()) fail("prepare statement");
         return s;
     }
@@ -527,6 +583,7 @@ private:
     };
     std::filesystem::path file_;
     std::unique_ptr<sqlite3, closer> db_;
+    statement_cache statements_; // after db_: finalized before the connection closes
     // One connection per object: the mutex also keeps a transaction's statements together.
     std::mutex mutex_;
 };
