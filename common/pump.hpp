@@ -30,6 +30,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/this_coro.hpp>
+#include "common/block_pool.hpp"
 #include "common/websocket.hpp"
 
 namespace sg {
@@ -65,14 +66,18 @@ asio::awaitable<T> on_executor(asio::any_io_executor ex, asio::awaitable<T> op)
 class read_buffer {
 public:
     static constexpr std::size_t small_size = 512;
+    using chunk_pool = block_pool<max_stream_message, 4>;
     explicit read_buffer(std::size_t chunk) : chunk_(chunk) {}
+    ~read_buffer() { release(); }
+    read_buffer(const read_buffer&) = delete;
+    read_buffer& operator=(const read_buffer&) = delete;
 
     asio::mutable_buffer small() { return asio::buffer(small_); }
     // The full chunk, its first `kept` bytes copied from small().
     asio::mutable_buffer full(std::size_t kept = 0)
     {
-        if (!big_)
-            big_.reset(new char[chunk_]); // not zeroed: a read fills what is used
+        if (!big_) // not zeroed: a read fills what is used
+            big_ = chunk_ == chunk_pool::block_size ? chunk_pool::take() : std::unique_ptr<char[]>(new char[chunk_]);
         if (kept)
             std::memcpy(big_.get(), small_.data(), kept);
         in_big_ = true;
@@ -83,6 +88,8 @@ public:
     // Before waiting for data that may not come for a long time.
     void release()
     {
+        if (big_ && chunk_ == chunk_pool::block_size)
+            chunk_pool::give(std::move(big_));
         big_.reset();
         in_big_ = false;
     }

@@ -1,5 +1,7 @@
 #include "common/tls_stream.hpp"
 
+#include "common/block_pool.hpp"
+
 #include <cerrno>
 #include <cstring>
 #include <optional>
@@ -32,34 +34,8 @@ constexpr std::size_t max_write_per_call = 256 * 1024;
 // OpenSSL's read buffer while data arrives: a whole 64 KiB message's records in one recv.
 constexpr std::size_t read_buffer_bytes = 80 * 1024;
 
-// Blocks for output buffers, kept per thread: a stream sends one message after another, and
-// giving each block back to malloc made glibc map, fault in and unmap it every time.
-class block_cache {
-public:
-    static constexpr std::size_t block_size = 128 * 1024;
-    static std::unique_ptr<char[]> take()
-    {
-        auto& c = instance();
-        if (c.count_ == 0)
-            return std::unique_ptr<char[]>(new char[block_size]); // not zeroed: written before read
-        return std::move(c.free_[--c.count_]);
-    }
-    static void give(std::unique_ptr<char[]> block)
-    {
-        auto& c = instance();
-        if (c.count_ < c.free_.size())
-            c.free_[c.count_++] = std::move(block);
-    }
-
-private:
-    static block_cache& instance()
-    {
-        thread_local block_cache c;
-        return c;
-    }
-    std::array<std::unique_ptr<char[]>, 2> free_;
-    std::size_t count_ = 0;
-};
+// Output buffers: one block per message in flight, reused per thread.
+using block_cache = block_pool<128 * 1024, 2>;
 
 // Encrypted bytes on their way to the kernel: held only until sent.
 class output_buffer {
