@@ -373,6 +373,8 @@ bool tls_stream::idle_and_open()
     return open;
 }
 
+bool tls_stream::has_buffered_input() const { return SSL_has_pending(impl_->ssl) == 1; }
+
 void tls_stream::expires_after(std::chrono::steady_clock::duration d)
 {
     if (!impl_->deadline)

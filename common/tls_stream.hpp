@@ -49,6 +49,8 @@ public:
     // (TLS 1.3 session tickets) and says whether the peer may still take a request: true unless
     // it closed, failed or sent data nobody asked for. No operation may be pending.
     bool idle_and_open();
+    // Records (or part of one) have been read from the socket and wait to be decrypted.
+    bool has_buffered_input() const;
 
     // Every operation after the call fails with beast::error::timeout (and the connection is
     // closed) once the time is up, as beast::tcp_stream's.

@@ -9,6 +9,13 @@ asio::awaitable<std::tuple<error_code, std::size_t>> ws_end::read(read_buffer& b
     // The wait for the next message holds only the small part; a message that does not fit
     // there continues into the full chunk (its bytes are in flight already).
     auto& ws = *shared_->ws;
+    if (buffer.holds_full() && ws.next_layer().has_buffered_input()) {
+        // Data is streaming and the next message has begun to arrive: read it straight into the
+        // chunk (a small first read would leave the rest of Beast's read buffer to a second read
+        // that completes without I/O, through the io_context's queue).
+        auto whole = co_await read(buffer.full());
+        co_return whole;
+    }
     buffer.release();
     auto first = co_await ws.async_read_some(buffer.small(), use_nothrow);
     auto ec = std::get<0>(first);
