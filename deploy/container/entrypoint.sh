@@ -22,7 +22,7 @@ role=${1:-relay}
 [ $# -gt 0 ] && shift
 shared=${SG_SHARED:-/shared}
 device_id=${SG_DEVICE_ID:-demo-device}
-relay_host=${SG_RELAY_HOST:-relay:8443}   # host[:port] devices and services dial
+relay_host=${SG_RELAY_HOST:-relay:8443}   # host[:port] connection strings name (node: the cluster's shared name)
 service_host=${SG_SERVICE_HOST:-service-proxy}
 service_port=${SG_SERVICE_PORT:-2022}
 
