@@ -188,6 +188,8 @@ TEST_CASE("cluster: a node killed with -9 is not used once its lease lapsed, and
     REQUIRE(c.wait_home("cl-lease", "n2", 30s));
     INFO(proxy->describe());
     CHECK(contains(proxy->stderr_text(), "connected to relay " + c.relay_arg(c.n2)));
+    // The relay it lost is the one it had dialled (n1), not its connection string's HostName (n2).
+    CHECK(contains(proxy->stderr_text(), "lost connection to relay " + c.relay_arg(c.n1) + ":"));
     expect_echo(c.n2, c.service_cs(c.n2), "cl-lease");
 }
 
