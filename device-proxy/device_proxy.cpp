@@ -219,7 +219,7 @@ asio::awaitable<void> control_loop(std::shared_ptr<proxy_state> state)
             if (state->stopping)
                 break;
             why = lost.describe();
-            log.warn("lost connection to relay {}: {}", device.host_name, why);
+            log.warn("lost connection to relay {}: {}", state->opts.relays.empty() ? device.host_name : describe(relay), why);
             // A healthy spell means the relay is fine again: the next outage starts fresh.
             if (std::chrono::steady_clock::now() - connected_at >= state->opts.backoff_reset) {
                 backoff = std::chrono::seconds(1);

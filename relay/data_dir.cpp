@@ -109,6 +109,23 @@ std::vector<std::string> certificate_names(const std::string& host_name)
     return {probe.host()};
 }
 
+std::string public_url_host(const std::string& public_url)
+{
+    std::string_view authority = public_url;
+    for (std::string_view scheme : {"wss://", "https://"})
+        if (authority.starts_with(scheme))
+            authority.remove_prefix(scheme.size());
+    while (authority.ends_with("/"))
+        authority.remove_suffix(1);
+    if (authority.empty() || authority.find('/') != std::string_view::npos)
+        return {};
+    connection_string probe;
+    probe.host_name = std::string(authority);
+    std::string host = probe.host();
+    std::transform(host.begin(), host.end(), host.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    return host;
+}
+
 tls_files ensure_certificates(const std::filesystem::path& data_dir, const std::vector<std::string>& names)
 {
     // The relay and admin commands may start at the same moment: one of them issues, the other

@@ -39,6 +39,13 @@ std::string hub_name(registry& reg);
 // The names the server certificate must carry for this host name.
 std::vector<std::string> certificate_names(const std::string& host_name);
 
+// The host of --public-url (wss://HOST:PORT, HOST:PORT, https://HOST), lower-cased, without
+// port or brackets; empty when none is given or it is not of that form (the relay refuses it
+// later). A cluster node's own address: clients dial it by that name (the device proxy's
+// --relay, the stream URLs) while their tokens name the shared --host-name, so the relay's own
+// certificate and the token scopes it accepts carry both.
+std::string public_url_host(const std::string& public_url);
+
 // ensure_relay_certificates under an exclusive lock on <data-dir>/.lock.
 tls_files ensure_certificates(const std::filesystem::path& data_dir, const std::vector<std::string>& names);
 

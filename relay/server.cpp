@@ -475,6 +475,8 @@ int run_relay(const relay_options& options)
         auto names = certificate_names(public_host_name(options.host_name, listen.host, listen.port ? listen.port : 443));
         if (!listen.is_wildcard())
             names.push_back(listen.host);
+        if (auto own = public_url_host(options.public_url); !own.empty())
+            names.push_back(own); // a cluster node dialled at its own address
         auto files = ensure_certificates(options.data_dir, names);
         cert = files.certificate_chain;
         key = files.private_key;
@@ -515,6 +517,9 @@ int run_relay(const relay_options& options)
         names.push_back(n);
     if (!listen.is_wildcard())
         names.push_back(listen.host);
+    // Tokens scoped to --public-url's host (a client that took a node's own address as HostName).
+    if (auto own = public_url_host(options.public_url); !own.empty())
+        names.push_back(own);
     state->auth = std::make_unique<authenticator>(*state->credentials, names, options.clock_skew);
 
     // MQTT over TLS for IoT Hub device code (mqtt.cpp); off unless --mqtt-listen names an address.

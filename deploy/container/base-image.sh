@@ -7,12 +7,15 @@
 #       Debian 12 minbase + only the given packages (the .deb's Depends), nothing to compile with.
 #   deploy/container/base-image.sh device PKG...   -> localhost/streamgate-base-device:bookworm
 #       the same for the device image (the Depends + openssh-server).
+#   deploy/container/base-image.sh postgres   -> localhost/streamgate-base-postgres:bookworm
+#       Debian 12 minbase + postgresql-15, for the Dockerfile's postgres target (the db service
+#       of compose.cluster.yaml) when docker.io/library/debian:bookworm-slim is out of reach.
 # Both come from `mmdebstrap --variant=minbase` (packages through apt from the Debian mirror)
 # and `podman import`.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-kind=${1:?usage: base-image.sh build|runtime|device [PKG...]}
+kind=${1:?usage: base-image.sh build|runtime|device|postgres [PKG...]}
 shift
 work=${SG_CONTAINER_WORK:-/var/tmp/sg-container}
 mkdir -p "$work"
@@ -22,9 +25,9 @@ mirrors=(
   "deb http://deb.debian.org/debian-security bookworm-security main"
 )
 
-# The packages array of install-deps.sh, so the image follows it when it changes.
+# The packages array of install-deps.sh (its # comments dropped), so the image follows it when it changes.
 install_deps_packages() {
-  sed -n '/^packages=(/,/^)/p' "$root/scripts/install-deps.sh" | sed '1d;$d' | tr -s ' \t' '\n' | sed '/^$/d'
+  sed -n '/^packages=(/,/^)/p' "$root/scripts/install-deps.sh" | sed '1d;$d' | sed 's/#.*//' | tr -s ' \t' '\n' | sed '/^$/d'
 }
 
 case "$kind" in
@@ -35,7 +38,10 @@ case "$kind" in
   runtime|device)
     pkgs=("$@" ca-certificates)
     image=localhost/streamgate-base-$kind:bookworm ;;
-  *) echo "usage: base-image.sh build|runtime|device [PKG...]" >&2; exit 2 ;;
+  postgres)
+    pkgs=(postgresql-15 "$@")
+    image=localhost/streamgate-base-postgres:bookworm ;;
+  *) echo "usage: base-image.sh build|runtime|device|postgres [PKG...]" >&2; exit 2 ;;
 esac
 
 include=$(IFS=,; echo "${pkgs[*]}")

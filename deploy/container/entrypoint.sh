@@ -9,6 +9,12 @@
 #            $STREAMGATE_REGISTRY; the node named $SG_FIRST_NODE creates the device and shares its
 #            CA (ca.pem + ca.key, in $SG_SHARED/cluster-ca, never in argv) and the connection
 #            strings; the others start from that CA so clients trust every node
+#   db       PostgreSQL 15 (image target postgres, for compose.cluster.yaml): on the first start
+#            (no $PGDATA/PG_VERSION) initdb as the postgres user with superuser $POSTGRES_USER
+#            (default postgres) and password $POSTGRES_PASSWORD (scram-sha-256, read from a 0600
+#            temporary file, never argv), creates database $POSTGRES_DB (default: the user's
+#            name); then runs postgres in the foreground, listening on every address of the
+#            container (password logins only; the local socket: the postgres account only)
 # The connection strings travel through $SG_SHARED (a volume) and the environment, never argv.
 # The demo client key the device authorizes is for this demo and the checks only.
 set -eu
@@ -16,7 +22,7 @@ role=${1:-relay}
 [ $# -gt 0 ] && shift
 shared=${SG_SHARED:-/shared}
 device_id=${SG_DEVICE_ID:-demo-device}
-relay_host=${SG_RELAY_HOST:-relay:8443}   # host[:port] devices and services dial
+relay_host=${SG_RELAY_HOST:-relay:8443}   # host[:port] connection strings name (node: the cluster's shared name)
 service_host=${SG_SERVICE_HOST:-service-proxy}
 service_port=${SG_SERVICE_PORT:-2022}
 
@@ -76,6 +82,50 @@ node)
     fi
     exec streamgate-relay --data-dir "$data" --host-name "$relay_host" --listen 0.0.0.0:8443 \
         --node-id "$node_id" --cluster-listen 0.0.0.0:9443 --public-url "$public" --admin-listen 0.0.0.0:9464 "$@"
+    ;;
+db)
+    data=${PGDATA:-/var/lib/postgresql/data}
+    bin=/usr/lib/postgresql/15/bin
+    pg_user=${POSTGRES_USER:-postgres}
+    pg_db=${POSTGRES_DB:-$pg_user}
+    for name in "$pg_user" "$pg_db"; do
+        case "$name" in
+        *[!A-Za-z0-9_]* | '') echo "streamgate-entrypoint: db: POSTGRES_USER / POSTGRES_DB must be [A-Za-z0-9_]+" >&2; exit 2 ;;
+        esac
+    done
+    if [ ! -s "$data/PG_VERSION" ]; then
+        [ -n "${POSTGRES_PASSWORD:-}" ] || { echo "streamgate-entrypoint: db: POSTGRES_PASSWORD is required on the first start" >&2; exit 2; }
+        echo "streamgate-entrypoint: db: first start, initdb in $data (superuser $pg_user, database $pg_db)"
+        pwfile=$(umask 077 && mktemp)
+        printf '%s\n' "$POSTGRES_PASSWORD" > "$pwfile"
+        "$bin/initdb" -D "$data" -U "$pg_user" --pwfile="$pwfile" --auth-host=scram-sha-256 --auth-local=peer \
+            --encoding=UTF8 --locale=C.UTF-8 >/dev/null || { rm -f "$pwfile"; exit 1; }
+        rm -f "$pwfile"
+        # Password logins (scram-sha-256) from anywhere on the container network; on the local
+        # socket only this container's postgres account, as any role (peer + map).
+        cat > "$data/pg_hba.conf" <<HBA
+# written by streamgate-entrypoint db on the first start
+local all all               peer map=container
+host  all all 0.0.0.0/0     scram-sha-256
+host  all all ::/0          scram-sha-256
+HBA
+        printf 'container postgres %s\n' "$pg_user" > "$data/pg_ident.conf"
+        [ "$pg_user" = postgres ] || echo 'container postgres postgres' >> "$data/pg_ident.conf"
+        cat >> "$data/postgresql.conf" <<CONF
+# streamgate-entrypoint db
+listen_addresses = '*'
+password_encryption = scram-sha-256
+unix_socket_directories = '/var/run/postgresql'
+CONF
+        if [ "$pg_db" != postgres ]; then
+            # Single-user mode: no server listening yet, nothing to stop afterwards.
+            echo "CREATE DATABASE \"$pg_db\" OWNER \"$pg_user\";" |
+                "$bin/postgres" --single -D "$data" -c listen_addresses='' postgres >/dev/null
+        fi
+        echo "streamgate-entrypoint: db: initialized"
+    fi
+    unset POSTGRES_PASSWORD
+    exec "$bin/postgres" -D "$data" "$@"
     ;;
 device)
     wait_for_file "$shared/device.cs" 60
@@ -141,7 +191,7 @@ smoke)
     echo "smoke: 4 MiB up and 4 MiB down through relay + proxies, checksums match"
     ;;
 *)
-    echo "usage: streamgate-entrypoint relay|node|device|service|smoke [ARGS...]" >&2
+    echo "usage: streamgate-entrypoint relay|node|db|device|service|smoke [ARGS...]" >&2
     exit 2
     ;;
 esac

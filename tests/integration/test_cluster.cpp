@@ -188,6 +188,8 @@ TEST_CASE("cluster: a node killed with -9 is not used once its lease lapsed, and
     REQUIRE(c.wait_home("cl-lease", "n2", 30s));
     INFO(proxy->describe());
     CHECK(contains(proxy->stderr_text(), "connected to relay " + c.relay_arg(c.n2)));
+    // The relay it lost is the one it had dialled (n1), not its connection string's HostName (n2).
+    CHECK(contains(proxy->stderr_text(), "lost connection to relay " + c.relay_arg(c.n1) + ":"));
     expect_echo(c.n2, c.service_cs(c.n2), "cl-lease");
 }
 
@@ -395,5 +397,31 @@ TEST_CASE("cluster: --node-id, --cluster-listen, --public-url, --cluster-lease a
                               "localhost", "22"});
         CHECK(bad.exit_code == 2);
         CHECK(contains(bad.err, "--relay expects HOST:PORT"));
+    }
+}
+
+// A cluster node is dialled at its own address (the device proxy's --relay, the stream URLs)
+// while connection strings and tokens name the cluster's one --host-name: the relay's own
+// certificate carries the --public-url host, and tokens scoped to it are accepted too
+// (deploy/compose.cluster.yaml: the device moved to no other node before). 127.0.0.2 is a
+// loopback address the relay names only through --public-url.
+TEST_CASE("cluster: a relay dialled at its --public-url host verifies, and takes tokens for its --host-name and for "
+          "that host", "[integration][cluster]") {
+    relay_fixture relay(relay_config{.args = {"--host-name", "relay.test", "--public-url", "wss://127.0.0.2:8443"},
+                                     .listen_host = "0.0.0.0"});
+    const std::string dial = "127.0.0.2:" + std::to_string(relay.port());
+    echo_server target;
+    for (const std::string id : {"pub-shared", "pub-own"}) {
+        run_result r = relay.admin({"device-identity", "create", "--device-id", id});
+        INFO(r.out << r.err);
+        REQUIRE(r.exit_code == 0);
+        std::string cs = trim(r.out);
+        REQUIRE(contains(cs, "HostName=relay.test:" + std::to_string(relay.port()) + ";"));
+        if (id == "pub-own")  // a token scoped to the --public-url host
+            cs = "HostName=" + dial + cs.substr(cs.find(';'));
+        auto proxy = spawn_device_proxy(relay, id, cs, target.port(), {"--relay", dial});
+        INFO(proxy->describe());
+        REQUIRE(relay.wait_device_connected(id, *proxy));
+        CHECK(contains(proxy->stderr_text(), "connected to relay " + dial));
     }
 }

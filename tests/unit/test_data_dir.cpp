@@ -166,6 +166,21 @@ TEST_CASE("data_dir: public_host_name does not double-bracket a bracketed IPv6 n
     CHECK(public_host_name("[2001:db8::1]", "0.0.0.0", 443) == "[2001:db8::1]");
 }
 
+// A cluster node's --public-url host is one of its names (certificate, accepted token scopes):
+// the device proxy's --relay dials it while the token names the shared --host-name.
+TEST_CASE("data_dir: public_url_host is the host of --public-url, without scheme, port or brackets", "[data_dir]")
+{
+    CHECK(public_url_host("wss://n1:8443") == "n1");
+    CHECK(public_url_host("wss://N1.Relay.Example.com:443/") == "n1.relay.example.com");
+    CHECK(public_url_host("https://relay.example.com") == "relay.example.com");
+    CHECK(public_url_host("n2.example.com:9443") == "n2.example.com");
+    CHECK(public_url_host("wss://10.0.0.11:8443") == "10.0.0.11");
+    CHECK(public_url_host("wss://[2001:db8::1]:8443") == "2001:db8::1");
+    CHECK(public_url_host("").empty());
+    CHECK(public_url_host("wss://").empty());
+    CHECK(public_url_host("wss://n1:8443/path").empty());
+}
+
 // ---------------------------------------------------------------------------------------------
 // recorded_host_name, hub_name, open_registry
 // ---------------------------------------------------------------------------------------------
