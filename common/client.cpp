@@ -206,6 +206,37 @@ asio::awaitable<void> open_spare_for_next(ssl::context& tls, const std::string& 
 
 void set_warm_connections(bool on) { warm_connections = on; }
 
+asio::awaitable<std::tuple<error_code, tcp::resolver::results_type>>
+resolve_within(std::string host, std::uint16_t port, std::chrono::steady_clock::duration timeout)
+{
+    // getaddrinfo runs on the io_context's one resolver thread, where a DNS server that does not
+    // answer holds it (and every look-up queued behind it) for the resolver's own timeouts, tens of
+    // seconds, and cancelling does not interrupt it: the caller stops waiting at its deadline and
+    // the late answer is dropped.
+    struct lookup {
+        explicit lookup(const asio::any_io_executor& ex) : resolver(ex), answered(ex) {}
+        tcp::resolver resolver;
+        asio::steady_timer answered; // cancelled when the answer is in
+        bool done = false;
+        error_code ec;
+        tcp::resolver::results_type results;
+    };
+    auto ex = co_await asio::this_coro::executor;
+    auto l = std::make_shared<lookup>(ex);
+    l->answered.expires_after(timeout);
+    l->resolver.async_resolve(host, std::to_string(port), [l](error_code ec, tcp::resolver::results_type results) {
+        l->done = true;
+        l->ec = ec;
+        l->results = std::move(results);
+        l->answered.cancel();
+    });
+    auto waited = co_await l->answered.async_wait(use_nothrow);
+    (void)waited;
+    if (!l->done)
+        co_return std::tuple{error_code(asio::error::timed_out), tcp::resolver::results_type{}};
+    co_return std::tuple{l->ec, l->results};
+}
+
 asio::awaitable<std::pair<failure, std::shared_ptr<tls_stream>>>
 connect_tls(ssl::context& tls, std::string host, std::uint16_t port, std::chrono::seconds timeout)
 {
@@ -216,10 +247,13 @@ connect_tls(ssl::context& tls, std::string host, std::uint16_t port, std::chrono
     const std::string dial_host = proxy ? proxy->host : host;
     const std::uint16_t dial_port = proxy ? proxy->port : port;
     const std::string dialled = proxy ? "proxy " + proxy->authority() : "relay " + host_header(host, port);
-    tcp::resolver resolver(ex);
-    auto resolved = co_await resolver.async_resolve(dial_host, std::to_string(dial_port), use_nothrow);
+    auto resolved = co_await resolve_within(dial_host, dial_port, timeout);
     auto& rec = std::get<0>(resolved);
     auto& endpoints = std::get<1>(resolved);
+    if (rec == asio::error::timed_out)
+        co_return std::pair{local_failure("cannot resolve " + dialled + ": no answer from DNS in " +
+                                          std::to_string(timeout.count()) + "s"),
+                            nullptr};
     if (rec)
         co_return std::pair{local_failure("cannot resolve " + dialled + ": " + rec.message()), nullptr};
 

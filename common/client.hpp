@@ -52,9 +52,15 @@ const proxy_settings& current_proxy_settings();
 // proxies turn it on unless --warm-connections false).
 void set_warm_connections(bool on);
 
+// Resolves host:port, or asio::error::timed_out when no answer came within timeout (a look-up
+// stuck in the system resolver is abandoned, its answer dropped).
+asio::awaitable<std::tuple<error_code, tcp::resolver::results_type>>
+resolve_within(std::string host, std::uint16_t port, std::chrono::steady_clock::duration timeout);
+
 // Opens a TLS connection to host:port, trying every address the name resolves to; through the
 // proxy of current_proxy_settings() when it applies to host (the proxy then resolves the name).
-// SNI and certificate verification are against host either way.
+// SNI and certificate verification are against host either way. The name look-up, the TCP
+// connect and the handshake each get the timeout.
 asio::awaitable<std::pair<failure, std::shared_ptr<tls_stream>>>
 connect_tls(asio::ssl::context& tls, std::string host, std::uint16_t port, std::chrono::seconds timeout);
 
