@@ -136,11 +136,8 @@ public:
         auto port = acceptor_.local_endpoint().port();
         // Other nodes dial this: a wildcard listener is reached by the public URL's host.
         std::string host = listen.host;
-        if (listen.is_wildcard()) {
-            connection_string probe;
-            probe.host_name = state_->stream_url_base.substr(std::string_view("wss://").size());
-            host = probe.host();
-        }
+        if (listen.is_wildcard())
+            host = public_url_host(state_->stream_url_base);
         self_.cluster_address = (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + std::to_string(port);
 
         store_ = std::make_unique<cluster_store>(o.registry);

@@ -107,26 +107,20 @@ private:
 
 class statement {
 public:
-    statement(sqlite3* db, const char* sql, statement_cache* cache) : db_(db), cache_(cache)
+    statement(sqlite3* db, const char* sql, statement_cache& cache) : db_(db), cache_(&cache), sql_(sql)
     {
-        if (cache_) {
-            sql_ = sql;
-            stmt_ = cache_->take(sql_);
-            if (stmt_)
-                return;
-        }
-        if (sqlite3_prepare_v3(db, sql, -1, cache_ ? SQLITE_PREPARE_PERSISTENT : 0, &stmt_, nullptr) != SQLITE_OK)
+        stmt_ = cache_->take(sql_);
+        if (!stmt_ && sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, &stmt_, nullptr) != SQLITE_OK)
             stmt_ = nullptr;
     }
     ~statement()
     {
-        if (stmt_ && cache_) {
-            sqlite3_reset(stmt_);
-            sqlite3_clear_bindings(stmt_);
-            if (cache_->give(sql_, stmt_))
-                return;
-        }
-        sqlite3_finalize(stmt_);
+        if (!stmt_)
+            return;
+        sqlite3_reset(stmt_);
+        sqlite3_clear_bindings(stmt_);
+        if (!cache_->give(sql_, stmt_))
+            sqlite3_finalize(stmt_);
     }
     statement(statement&& o) noexcept
         : db_(o.db_), cache_(o.cache_), sql_(std::move(o.sql_)), stmt_(std::exchange(o.stmt_, nullptr))
@@ -547,7 +541,7 @@ private:
 
     statement prepare(const char* sql)
     {
-        statement s(db(), sql, &statements_);
+        statement s(db(), sql, statements_);
         if (!s.ok()) fail("prepare statement");
         return s;
     }

@@ -466,6 +466,8 @@ int run_relay(const relay_options& options)
     }
     state->hub_name = hub_name(*state->reg);
 
+    // A cluster node dialled at its own address: its certificate and token scopes name that host too.
+    const std::string own_host = public_url_host(options.public_url);
     std::filesystem::path cert, key;
     if (options.cert && options.key) {
         cert = *options.cert;
@@ -475,8 +477,8 @@ int run_relay(const relay_options& options)
         auto names = certificate_names(public_host_name(options.host_name, listen.host, listen.port ? listen.port : 443));
         if (!listen.is_wildcard())
             names.push_back(listen.host);
-        if (auto own = public_url_host(options.public_url); !own.empty())
-            names.push_back(own); // a cluster node dialled at its own address
+        if (!own_host.empty())
+            names.push_back(own_host);
         auto files = ensure_certificates(options.data_dir, names);
         cert = files.certificate_chain;
         key = files.private_key;
@@ -517,9 +519,8 @@ int run_relay(const relay_options& options)
         names.push_back(n);
     if (!listen.is_wildcard())
         names.push_back(listen.host);
-    // Tokens scoped to --public-url's host (a client that took a node's own address as HostName).
-    if (auto own = public_url_host(options.public_url); !own.empty())
-        names.push_back(own);
+    if (!own_host.empty())
+        names.push_back(own_host);
     state->auth = std::make_unique<authenticator>(*state->credentials, names, options.clock_skew);
 
     // MQTT over TLS for IoT Hub device code (mqtt.cpp); off unless --mqtt-listen names an address.
