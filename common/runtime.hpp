@@ -34,6 +34,7 @@ public:
     // The context for a new connection, in turn.
     boost::asio::io_context& next();
     std::size_t size() const { return contexts_.size(); }
+    boost::asio::io_context& context(std::size_t i) { return *contexts_.at(i); }
     // Runs every context on its own thread until stopped, as run_until_stopped.
     void run(graceful_stop stop, spdlog::logger& log);
 

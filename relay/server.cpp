@@ -5,7 +5,9 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/json.hpp>
+#include <cstring>
 #include <optional>
+#include <sys/socket.h>
 #include <thread>
 #include "common/crypto.hpp"
 #include "common/connection_string.hpp"
@@ -322,13 +324,15 @@ namespace sg::relay {
 
 namespace {
 
-// mqtt: the --mqtt-listen acceptor, whose connections speak MQTT over TLS.
-asio::awaitable<void> accept_loop(std::shared_ptr<relay_state> state, tcp::acceptor& acceptor, io_pool& pool,
+// pool: the threads new connections go to, in turn; none for an acceptor of each thread (its
+// connections stay on the thread that accepted them). mqtt: the --mqtt-listen acceptor, whose
+// connections speak MQTT over TLS.
+asio::awaitable<void> accept_loop(std::shared_ptr<relay_state> state, tcp::acceptor& acceptor, io_pool* pool,
                                   bool mqtt = false)
 {
     while (!state->stopping) {
-        // Each connection lives on one thread of the pool, in turn.
-        auto accepted = co_await acceptor.async_accept(asio::any_io_executor(pool.next().get_executor()), use_nothrow);
+        auto target = pool ? asio::any_io_executor(pool->next().get_executor()) : acceptor.get_executor();
+        auto accepted = co_await acceptor.async_accept(target, use_nothrow);
         auto& ec = std::get<0>(accepted);
         auto& socket = std::get<1>(accepted);
         if (ec) {
@@ -361,6 +365,42 @@ asio::awaitable<void> accept_loop(std::shared_ptr<relay_state> state, tcp::accep
             asio::co_spawn(ex, serve_connection(state, std::move(socket)), asio::detached);
         }
     }
+}
+
+// The --listen port, once per thread of the pool: with SO_REUSEPORT the kernel spreads new
+// connections over the threads' sockets, so a connection starts on the thread that serves it
+// (one acceptor handing each connection to the next thread cost a wake-up of that thread per
+// connection). Another process may join such a port group only with SO_REUSEPORT of its own and
+// the same user; a plain bind first makes a second relay on a taken port fail as before.
+std::vector<std::unique_ptr<tcp::acceptor>> bind_per_thread(io_pool& pool, tcp::endpoint endpoint,
+                                                            const std::string& listen_text)
+{
+    const bool shared = pool.size() > 1;
+    error_code ec;
+    if (shared && endpoint.port() != 0) {
+        tcp::acceptor probe(pool.main());
+        probe.open(endpoint.protocol());
+        probe.set_option(tcp::acceptor::reuse_address(true));
+        probe.bind(endpoint, ec);
+        if (ec)
+            throw std::runtime_error("cannot listen on " + listen_text + ": " + ec.message());
+    }
+    std::vector<std::unique_ptr<tcp::acceptor>> acceptors;
+    for (std::size_t i = 0; i < (shared ? pool.size() : 1); ++i) {
+        auto& a = *acceptors.emplace_back(std::make_unique<tcp::acceptor>(pool.context(i)));
+        a.open(endpoint.protocol());
+        a.set_option(tcp::acceptor::reuse_address(true));
+        if (shared) {
+            int on = 1;
+            if (::setsockopt(a.native_handle(), SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) != 0)
+                throw std::runtime_error("cannot listen on " + listen_text + ": SO_REUSEPORT: " + std::strerror(errno));
+        }
+        a.bind(endpoint, ec);
+        if (ec)
+            throw std::runtime_error("cannot listen on " + listen_text + ": " + ec.message());
+        endpoint.port(a.local_endpoint().port()); // port 0: the others take the one the first got
+    }
+    return acceptors;
 }
 
 // Where streaming URLs point: --public-url (wss://host:port or host:port), else the HostName.
@@ -490,17 +530,12 @@ int run_relay(const relay_options& options)
         rules.push_back(parse_ip_rule(text));
     state->filter = ip_filter(std::move(rules));
 
-    tcp::acceptor acceptor(ioc);
     error_code ec;
     auto address = listen.host.empty() ? asio::ip::address_v6::any() : asio::ip::make_address(listen.host, ec);
     if (ec)
         throw config_error("--listen: \"" + listen.host + "\" is not an IP address");
-    tcp::endpoint endpoint(address, listen.port);
-    acceptor.open(endpoint.protocol());
-    acceptor.set_option(tcp::acceptor::reuse_address(true));
-    acceptor.bind(endpoint, ec);
-    if (ec)
-        throw std::runtime_error("cannot listen on " + options.listen + ": " + ec.message());
+    auto acceptors = bind_per_thread(pool, tcp::endpoint(address, listen.port), options.listen);
+    auto& acceptor = *acceptors.front();
     auto port = acceptor.local_endpoint().port();
     // Recorded before the port opens: admin commands run right after see this relay's name.
     state->host_name = public_host_name(options.host_name, listen.host, port);
@@ -512,7 +547,8 @@ int run_relay(const relay_options& options)
         state->cluster = cluster_node::start(state, ioc, cert);
     else
         state->reg->mark_all_disconnected();
-    acceptor.listen(asio::socket_base::max_listen_connections);
+    for (auto& a : acceptors)
+        a->listen(asio::socket_base::max_listen_connections);
 
     std::vector<std::string> names{"localhost", "127.0.0.1", "::1"};
     for (auto& n : certificate_names(state->host_name))
@@ -537,10 +573,11 @@ int run_relay(const relay_options& options)
         if (ec)
             throw std::runtime_error("cannot listen on " + options.mqtt_listen + " (--mqtt-listen): " + ec.message());
         mqtt_acceptor.listen(asio::socket_base::max_listen_connections);
-        asio::co_spawn(mqtt_acceptor.get_executor(), accept_loop(state, mqtt_acceptor, pool, true), asio::detached);
+        asio::co_spawn(mqtt_acceptor.get_executor(), accept_loop(state, mqtt_acceptor, &pool, true), asio::detached);
         log->info("event=Listening endpoint=mqtt address={}", endpoint_text(mqtt_acceptor.local_endpoint()));
     }
-    asio::co_spawn(acceptor.get_executor(), accept_loop(state, acceptor, pool), asio::detached);
+    for (auto& a : acceptors)
+        asio::co_spawn(a->get_executor(), accept_loop(state, *a, nullptr), asio::detached);
     asio::co_spawn(asio::make_strand(ioc), housekeeping(state), asio::detached);
 
     log->info("event=Listening address={} hostName={} hub={} dataDir={} registry=\"{}\"",
@@ -552,12 +589,16 @@ int run_relay(const relay_options& options)
     graceful_stop stop;
     stop.drain_timeout = options.drain_timeout;
     stop.active = [state] { return static_cast<std::size_t>(state->active_streams.load()); };
-    stop.begin = [state, &acceptor, &mqtt_acceptor, log](int signal) {
+    stop.begin = [state, &acceptors, &mqtt_acceptor, log](int signal) {
         log->info("event=ShuttingDown signal={} activeStreams={}", signal, state->active_streams.load());
         state->stopping = true;
-        asio::post(acceptor.get_executor(), [&acceptor, &mqtt_acceptor] {
+        for (auto& a : acceptors)
+            asio::post(a->get_executor(), [&a] {
+                error_code ignored;
+                a->close(ignored);
+            });
+        asio::post(mqtt_acceptor.get_executor(), [&mqtt_acceptor] {
             error_code ignored;
-            acceptor.close(ignored);
             mqtt_acceptor.close(ignored);
         });
         if (state->cluster)

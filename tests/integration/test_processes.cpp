@@ -4,6 +4,9 @@
 #include <sys/socket.h>
 
 #include <atomic>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
 #include <mutex>
 #include <random>
 #include <set>
@@ -371,4 +374,55 @@ TEST_CASE("processes: after hundreds of streams, some reset by their clients, ev
         INFO(p->describe());
         CHECK(code == 0);
     }
+}
+
+namespace {
+
+// LISTEN sockets on 127.0.0.1:port in /proc/net/tcp (one per thread of a relay that spreads its
+// port over its threads).
+int listening_sockets(int port) {
+    std::ifstream in("/proc/net/tcp");
+    std::string line;
+    std::getline(in, line);  // header
+    char wanted[32];
+    std::snprintf(wanted, sizeof wanted, "0100007F:%04X", port);
+    int count = 0;
+    while (std::getline(in, line)) {
+        std::istringstream fields(line);
+        std::string slot, local, remote, state;
+        fields >> slot >> local >> remote >> state;
+        if (local == wanted && state == "0A")
+            ++count;
+    }
+    return count;
+}
+
+}  // namespace
+
+TEST_CASE("processes: the relay listens once per thread, a second relay on its port fails with "
+          "cannot listen, and the first keeps serving",
+          "[integration][processes][listen]") {
+    echo_server target;
+    tunnel_fixture tunnel({.target_port = target.port(), .relay_args = {"--threads", "2"}});
+    // Two sockets on one port: the kernel spreads new connections over the relay's threads.
+    CHECK(listening_sockets(tunnel.relay.port()) == 2);
+
+    temp_dir other;
+    run_result second = run({bin::relay, "--data-dir", (other / "data").string(), "--listen",
+                             "127.0.0.1:" + std::to_string(tunnel.relay.port()), "--threads", "2",
+                             "--admin-listen", "off"});
+    INFO(describe({bin::relay, "(second relay on the same port)"}, second));
+    REQUIRE(second.exit_code.has_value());
+    CHECK(*second.exit_code != 0);
+    CHECK(contains(second.err, "cannot listen on 127.0.0.1:" + std::to_string(tunnel.relay.port())));
+    CHECK(contains(second.err, "Address already in use"));
+    CHECK(listening_sockets(tunnel.relay.port()) == 2);
+
+    // Streams through both threads' sockets still work, one after another.
+    for (int i = 0; i < 20; ++i) {
+        unique_fd client = open_echo_stream(tunnel.local_port);
+        check_echo(client.get(), 64 * 1024, "stream " + std::to_string(i));
+        finish_stream(client.get());
+    }
+    CHECK(tunnel.relay.relay().running());
 }
