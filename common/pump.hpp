@@ -66,7 +66,7 @@ asio::awaitable<T> on_executor(asio::any_io_executor ex, asio::awaitable<T> op)
 class read_buffer {
 public:
     static constexpr std::size_t small_size = 512;
-    using chunk_pool = block_pool<max_stream_message, 4>;
+    using chunk_pool = block_pool<stream_chunk, 4>;
     explicit read_buffer(std::size_t chunk) : chunk_(chunk) {}
     ~read_buffer() { release(); }
     read_buffer(const read_buffer&) = delete;
@@ -175,7 +175,7 @@ asio::awaitable<void> transfer(From from, To to, std::uint64_t& counter, std::sh
 } // namespace detail
 
 template <class A, class B>
-asio::awaitable<pump_result> pump(A a, B b, std::size_t chunk = max_stream_message, pump_counters* live = nullptr)
+asio::awaitable<pump_result> pump(A a, B b, std::size_t chunk = stream_chunk, pump_counters* live = nullptr)
 {
     using namespace asio::experimental::awaitable_operators;
     auto state = std::make_shared<detail::pump_state>();

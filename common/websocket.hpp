@@ -31,6 +31,12 @@ constexpr auto use_nothrow = asio::as_tuple(asio::use_awaitable);
 
 // Raw bytes travel in binary messages of at most this size (the seeds' 64 KiB frames).
 constexpr std::size_t max_stream_message = 64 * 1024;
+// What the pump reads and sends as one message: 16 bytes short of 64 KiB, so a message and its
+// frame header (4 bytes, 8 masked) fill exactly four TLS records. A 64 KiB message needs a
+// 10-14 byte header and a fifth record for its last bytes, decrypted and encrypted on its own
+// in every hop.
+constexpr std::size_t stream_chunk = 4 * 16 * 1024 - 16;
+static_assert(stream_chunk + 8 <= 4 * 16 * 1024 && stream_chunk < 65536, "a 16-bit length and four records");
 // Control messages are small JSON documents.
 constexpr std::size_t max_control_message = 16 * 1024;
 

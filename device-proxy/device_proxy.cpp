@@ -155,7 +155,7 @@ asio::awaitable<void> serve_stream(std::shared_ptr<proxy_state> state, std::shar
     log.info("stream={} streamId={} established to {}", req.stream_name, req.stream_id, describe(t));
     auto started = std::chrono::steady_clock::now();
     state->active_streams++;
-    auto result = co_await pump(tcp_end(socket), ws_end(ws), max_stream_message, &state->traffic);
+    auto result = co_await pump(tcp_end(socket), ws_end(ws), stream_chunk, &state->traffic);
     state->active_streams--;
     log.info("stream={} streamId={} closed: sent={} received={} durationS={:.3f} result={}", req.stream_name, req.stream_id,
              result.bytes_a_to_b, result.bytes_b_to_a,

@@ -89,7 +89,7 @@ asio::awaitable<void> run_pair(std::shared_ptr<relay_state> state, std::shared_p
     if (state->options.idle_stream_timeout.count() > 0)
         asio::co_spawn(co_await asio::this_coro::executor,
                        watch_idle(counters, state->options.idle_stream_timeout, service, device, done, idle), asio::detached);
-    auto result = co_await pump(ws_end(service), ws_end(device), max_stream_message, counters.get());
+    auto result = co_await pump(ws_end(service), ws_end(device), stream_chunk, counters.get());
     *done = true;
     auto seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     state->metrics.stream_ended(s->stream_id);
