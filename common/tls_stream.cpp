@@ -182,6 +182,15 @@ BIO_METHOD* bio_method()
 
 // --- Errors, in the codes Asio's ssl::stream gave (is_benign and the logs rely on them) -------
 
+// SSL_get_error needs an empty error queue before the call it judges. Clearing it outright
+// walks all sixteen slots every time (0.6 % of the bulk profile for the read and write of each
+// message); the queue is nearly always empty already.
+void clear_stale_errors()
+{
+    if (ERR_peek_error() != 0)
+        ERR_clear_error();
+}
+
 error_code ssl_failure(tls_stream::impl& s, int result)
 {
     int reason = SSL_get_error(s.ssl, result);
@@ -499,7 +508,7 @@ struct read_op {
                 break;
             }
             std::size_t n = 0;
-            ERR_clear_error();
+            clear_stale_errors();
             int rc = SSL_read_ex(s.ssl, data + got, op->buffer.size() - got, &n);
             if (rc == 1) {
                 got += n;
@@ -551,7 +560,7 @@ std::size_t encrypt(tls_stream::impl& s, const asio::const_buffer* parts, std::s
     std::size_t taken = 0, part = 0, offset = 0;
     auto write = [&](const void* p, std::size_t n) {
         std::size_t written = 0;
-        ERR_clear_error();
+        clear_stale_errors();
         int rc = SSL_write_ex(s.ssl, p, n, &written);
         if (rc != 1) {
             ec = ssl_failure(s, rc);
