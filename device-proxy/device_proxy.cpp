@@ -116,8 +116,7 @@ asio::awaitable<void> serve_stream(std::shared_ptr<proxy_state> state, std::shar
     // Connect to the target first, so a target that is down is a clean rejection.
     auto ex = co_await asio::this_coro::executor;
     auto socket = std::make_shared<tcp::socket>(ex);
-    tcp::resolver resolver(ex);
-    auto resolved = co_await resolver.async_resolve(t.host, std::to_string(t.port), use_nothrow);
+    auto resolved = co_await client::resolve_within(t.host, t.port, state->opts.connect_timeout);
     auto& rec = std::get<0>(resolved);
     auto& endpoints = std::get<1>(resolved);
     error_code cec = rec;

@@ -1,5 +1,6 @@
 // client::resolve_within against a DNS server that never answers: the look-up fails at its
-// deadline instead of waiting out the system resolver's own timeouts. The test runs in a child
+// deadline instead of waiting out the system resolver's own timeouts, and an address given as
+// such resolves at once even while the resolver thread is stuck. The test runs in a child
 // with a private mount namespace whose /etc/resolv.conf names a silent server on loopback.
 #include <catch2/catch.hpp>
 
@@ -35,6 +36,8 @@ enum child_result {
     never_finished = 20,
     not_timed_out = 21,
     wrong_time = 22,
+    address_waited = 23,
+    address_wrong = 24,
 };
 
 // Returns through _exit only: the abandoned look-up keeps the resolver thread busy for the
@@ -77,12 +80,35 @@ enum child_result {
         _exit(not_timed_out);
     if (took < 900ms || took > 3s)
         _exit(wrong_time);
+
+    // The resolver thread is still stuck in that look-up: an address must not queue behind it.
+    finished = false;
+    asio::ip::tcp::resolver::results_type address;
+    const auto asked = std::chrono::steady_clock::now();
+    asio::co_spawn(
+        *io,
+        [&]() -> asio::awaitable<void> {
+            auto r = co_await sg::client::resolve_within("127.0.0.1", 443, 1s);
+            result = std::get<0>(r);
+            address = std::get<1>(r);
+            finished = true;
+        },
+        asio::detached);
+    while (!finished && std::chrono::steady_clock::now() - asked < 5s)
+        io->run_one_for(100ms);
+    if (!finished || result || std::chrono::steady_clock::now() - asked > 200ms)
+        _exit(address_waited);
+    if (address.size() != 1 ||
+        address.begin()->endpoint() != asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 443))
+        _exit(address_wrong);
     _exit(ok);
 }
 
 } // namespace
 
-TEST_CASE("client: a name look-up that gets no answer from DNS fails at its deadline", "[client][dns]")
+TEST_CASE("client: a name look-up that gets no answer from DNS fails at its deadline, and an address "
+          "needs no look-up",
+          "[client][dns]")
 {
     if (geteuid() != 0) {
         WARN("skipped: needs root for a private mount namespace (CI runs as root)");
@@ -115,7 +141,8 @@ TEST_CASE("client: a name look-up that gets no answer from DNS fails at its dead
     std::remove(resolv_conf.c_str());
     rmdir(dir_template);
     INFO("child status " << (WIFEXITED(status) ? WEXITSTATUS(status) : -1)
-                         << " (20 never finished, 21 not timed out, 22 outside 0.9-3 s, 10-13 set-up)");
+                         << " (20 never finished, 21 not timed out, 22 outside 0.9-3 s, 23 the address waited for the resolver, "
+                            "24 the address came back wrong, 10-13 set-up)");
     REQUIRE(exited);
     REQUIRE(WIFEXITED(status));
     CHECK(WEXITSTATUS(status) == ok);
