@@ -13,18 +13,21 @@ class block_pool {
 public:
     static constexpr std::size_t block_size = BlockSize;
 
-    static std::unique_ptr<char[]> take()
+    // A block of `size` bytes (not zeroed: written before read), from the pool when it is the
+    // pool's size.
+    static std::unique_ptr<char[]> take(std::size_t size = BlockSize)
     {
         auto& p = instance();
-        if (p.count_ == 0)
-            return std::unique_ptr<char[]>(new char[BlockSize]); // not zeroed: written before read
+        if (size != BlockSize || p.count_ == 0)
+            return std::unique_ptr<char[]>(new char[size]);
         return std::move(p.free_[--p.count_]);
     }
-    // Keeps the block for this thread's next take(), or frees it when enough are kept.
-    static void give(std::unique_ptr<char[]> block)
+    // Keeps a block of the pool's size for this thread's next take(), unless enough are kept;
+    // anything else is freed.
+    static void give(std::unique_ptr<char[]> block, std::size_t size = BlockSize)
     {
         auto& p = instance();
-        if (block && p.count_ < Kept)
+        if (block && size == BlockSize && p.count_ < Kept)
             p.free_[p.count_++] = std::move(block);
     }
 

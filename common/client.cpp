@@ -209,10 +209,6 @@ void set_warm_connections(bool on) { warm_connections = on; }
 asio::awaitable<std::tuple<error_code, tcp::resolver::results_type>>
 resolve_within(std::string host, std::uint16_t port, std::chrono::steady_clock::duration timeout)
 {
-    // getaddrinfo runs on the io_context's one resolver thread, where a DNS server that does not
-    // answer holds it (and every look-up queued behind it) for the resolver's own timeouts, tens of
-    // seconds, and cancelling does not interrupt it: the caller stops waiting at its deadline and
-    // the late answer is dropped.
     // An address needs no look-up: getaddrinfo would only hand it to the resolver thread and
     // back (two thread switches for every connection to a relay or target given by address).
     error_code not_address;
@@ -220,6 +216,10 @@ resolve_within(std::string host, std::uint16_t port, std::chrono::steady_clock::
     if (!not_address)
         co_return std::tuple{error_code{}, tcp::resolver::results_type::create(tcp::endpoint(address, port), host,
                                                                                std::to_string(port))};
+    // getaddrinfo runs on the io_context's one resolver thread, where a DNS server that does not
+    // answer holds it (and every look-up queued behind it) for the resolver's own timeouts, tens of
+    // seconds, and cancelling does not interrupt it: the caller stops waiting at its deadline and
+    // the late answer is dropped.
     struct lookup {
         explicit lookup(const asio::any_io_executor& ex) : resolver(ex), answered(ex) {}
         tcp::resolver resolver;

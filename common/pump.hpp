@@ -77,7 +77,7 @@ public:
     asio::mutable_buffer full(std::size_t kept = 0)
     {
         if (!big_) // not zeroed: a read fills what is used
-            big_ = chunk_ == chunk_pool::block_size ? chunk_pool::take() : std::unique_ptr<char[]>(new char[chunk_]);
+            big_ = chunk_pool::take(chunk_);
         if (kept)
             std::memcpy(big_.get(), small_.data(), kept);
         in_big_ = true;
@@ -88,9 +88,7 @@ public:
     // Before waiting for data that may not come for a long time.
     void release()
     {
-        if (big_ && chunk_ == chunk_pool::block_size)
-            chunk_pool::give(std::move(big_));
-        big_.reset();
+        chunk_pool::give(std::move(big_), chunk_);
         in_big_ = false;
     }
     void use_small() { in_big_ = false; }

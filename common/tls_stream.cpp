@@ -61,16 +61,13 @@ public:
 private:
     void release()
     {
-        if (data_ && capacity_ == block_cache::block_size)
-            block_cache::give(std::move(data_));
-        data_.reset();
+        block_cache::give(std::move(data_), capacity_);
         capacity_ = begin_ = end_ = 0;
     }
     void grow(std::size_t needed)
     {
         std::size_t capacity = std::max<std::size_t>(needed, block_cache::block_size);
-        auto bigger = capacity == block_cache::block_size ? block_cache::take()
-                                                          : std::unique_ptr<char[]>(new char[capacity]);
+        auto bigger = block_cache::take(capacity);
         if (size())
             std::memcpy(bigger.get(), data(), size());
         std::size_t kept = size();

@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include "common/connection_string.hpp"
+#include "common/crypto.hpp"
 
 namespace sg::relay {
 
@@ -121,9 +122,7 @@ std::string public_url_host(const std::string& public_url)
         return {};
     connection_string probe;
     probe.host_name = std::string(authority);
-    std::string host = probe.host();
-    std::transform(host.begin(), host.end(), host.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-    return host;
+    return to_lower(probe.host());
 }
 
 tls_files ensure_certificates(const std::filesystem::path& data_dir, const std::vector<std::string>& names)

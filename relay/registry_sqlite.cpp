@@ -60,6 +60,11 @@ constexpr const char* device_columns =
     "device_id, generation_id, etag, status, status_reason, auth_type, primary_key, secondary_key, "
     "primary_thumbprint, secondary_thumbprint, connected, connection_state_updated_time, "
     "status_updated_time, last_activity_time";
+// Built once: the device look-up of every stream request used to build its SQL each time.
+const std::string select_devices_sql = std::string("SELECT ") + device_columns + " FROM devices ORDER BY device_id";
+const std::string find_device_sql = std::string("SELECT ") + device_columns + " FROM devices WHERE device_id = ?1";
+const std::string insert_device_sql = std::string("INSERT INTO devices (") + device_columns +
+                                      ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
 
 // Creates the missing directories of `dir` as 0700: they will hold key material.
 void create_private_dirs(const std::filesystem::path& dir)
@@ -179,7 +184,7 @@ public:
     std::vector<device_identity> list_devices() override
     {
         std::lock_guard lock(mutex_);
-        auto s = prepare(("SELECT " + std::string(device_columns) + " FROM devices ORDER BY device_id").c_str());
+        auto s = prepare(select_devices_sql.c_str());
         std::vector<device_identity> out;
         for_each_row(s, "list devices", [&] { out.push_back(read_device(s)); });
         return out;
@@ -192,8 +197,7 @@ public:
         detail::prepare_new_device(d);
         const std::string& now = d.status_updated_time;
 
-        auto s = prepare(("INSERT INTO devices (" + std::string(device_columns) +
-                          ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)").c_str());
+        auto s = prepare(insert_device_sql.c_str());
         s.bind(1, d.device_id).bind(2, d.generation_id).bind(3, d.etag).bind(4, to_string(d.status));
         s.bind(5, d.status_reason).bind(6, to_string(d.authentication));
         s.bind(7, d.primary_key).bind(8, d.secondary_key);
@@ -381,7 +385,7 @@ public:
         std::lock_guard lock(mutex_);
         transaction tx(*this); // one consistent view
         registry_snapshot out;
-        auto d = prepare(("SELECT " + std::string(device_columns) + " FROM devices ORDER BY device_id").c_str());
+        auto d = prepare(select_devices_sql.c_str());
         for_each_row(d, "export devices", [&] { out.devices.push_back(read_device(d)); });
         auto p = prepare("SELECT name, primary_key, secondary_key, permissions FROM policies ORDER BY name");
         for_each_row(p, "export policies", [&] { out.policies.push_back(read_policy(p)); });
@@ -403,8 +407,7 @@ public:
         exec("DELETE FROM devices; DELETE FROM policies; DELETE FROM settings; DELETE FROM audit; "
              "DELETE FROM device_cas;", "clear registry");
         for (const auto& d : snap.devices) {
-            auto s = prepare(("INSERT INTO devices (" + std::string(device_columns) +
-                              ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)").c_str());
+            auto s = prepare(insert_device_sql.c_str());
             s.bind(1, d.device_id).bind(2, d.generation_id).bind(3, d.etag).bind(4, to_string(d.status));
             s.bind(5, d.status_reason).bind(6, to_string(d.authentication));
             s.bind(7, d.primary_key).bind(8, d.secondary_key);
@@ -532,7 +535,7 @@ private:
 
     std::optional<device_identity> find_locked(std::string_view device_id)
     {
-        auto s = prepare(("SELECT " + std::string(device_columns) + " FROM devices WHERE device_id = ?1").c_str());
+        auto s = prepare(find_device_sql.c_str());
         s.bind(1, device_id);
         std::optional<device_identity> out;
         for_each_row(s, "find device", [&] { out = read_device(s); });
