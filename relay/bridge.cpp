@@ -181,16 +181,17 @@ asio::awaitable<void> join_side(std::shared_ptr<relay_state> state, tls_stream s
         co_return;
     }
 
-    bool gave_up = false, device_lost = false;
+    bool gave_up = false;
+    failure abandoned;
     for (;;) {
         co_await timer->async_wait(use_nothrow);
         std::lock_guard lock(state->streams_mutex);
-        device_lost = s->device_lost;
+        abandoned = s->abandoned;
         if (s->waiting != ws)
             break; // the other side took it and runs the pump
         // Woken early: the deadline moved (the device accepted: now + connect timeout) or the
-        // device left. Wait for what is left, if anything.
-        if (!device_lost && std::chrono::steady_clock::now() < s->expires_at) {
+        // stream was abandoned. Wait for what is left, if anything.
+        if (!abandoned && std::chrono::steady_clock::now() < s->expires_at) {
             timer->expires_at(s->expires_at);
             continue;
         }
@@ -201,11 +202,11 @@ asio::awaitable<void> join_side(std::shared_ptr<relay_state> state, tls_stream s
         break;
     }
     if (gave_up) {
-        int code = device_lost ? codes::device_connection_closed : codes::gateway_timeout;
-        std::string why = device_lost ? "the device disconnected before joining"
-                                      : std::string(side_name(side == stream_side::service ? stream_side::device
-                                                                                           : stream_side::service)) +
-                                            " side never joined";
+        int code = abandoned ? abandoned.code : codes::gateway_timeout;
+        std::string why = abandoned ? abandoned.message
+                                    : std::string(side_name(side == stream_side::service ? stream_side::device
+                                                                                         : stream_side::service)) +
+                                          " side never joined";
         state->log->info("event=StreamClosed device={} stream={} streamId={} result={} reason=\"{}\"", s->device_id,
                          s->stream_name, s->stream_id, code, why);
         state->metrics.stream_not_joined(code);

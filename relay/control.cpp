@@ -192,10 +192,21 @@ void relay_state::abandon_device_streams(const std::string& device_id)
     for (auto& [id, s] : streams) {
         if (s->device_id != device_id || s->device_joined)
             continue;
-        s->device_lost = true;
+        s->abandoned = failure{codes::device_connection_closed, "the device disconnected before joining"};
         s->expires_at = now;
         if (s->waiting_timer)
             asio::post(s->waiting_timer->get_executor(), [t = s->waiting_timer] { t->cancel(); });
+    }
+}
+
+void relay_state::drop_stream(pending_stream& s, failure why)
+{
+    std::lock_guard lock(streams_mutex);
+    streams.erase(s.stream_id);
+    // A side may have joined before the answer (a device joins as it accepts): it is closed now.
+    if (s.waiting_timer) {
+        s.abandoned = std::move(why);
+        asio::post(s.waiting_timer->get_executor(), [t = s.waiting_timer] { t->cancel(); });
     }
 }
 
@@ -436,20 +447,16 @@ asio::awaitable<http::response<http::string_body>> offer_stream(std::shared_ptr<
         waiter->done = true;
         answer = waiter->answer;
     }
-    auto drop_stream = [&] {
-        std::lock_guard lock(state->streams_mutex);
-        state->streams.erase(pending->stream_id);
-    };
     if (timed_out) {
         channel->forget_request(m.request_id);
-        drop_stream();
+        state->drop_stream(*pending, failure{codes::gateway_timeout, "the device did not answer the stream request in time"});
         state->log->info("event=StreamRejected device={} stream={} streamId={} result=504101 reason=\"no answer in {}s\"",
                          r.device_id, r.stream_name, pending->stream_id, response_timeout.count());
         state->metrics.stream_rejected(rejection::device_timeout);
         co_return error_response(req, codes::gateway_timeout, "Timed out waiting for the response from device.");
     }
     if (!answer) {
-        drop_stream();
+        state->drop_stream(*pending, failure{codes::device_connection_closed, "the device disconnected before answering"});
         state->log->info("event=StreamRejected device={} stream={} streamId={} result=404104 reason=\"device disconnected\"",
                          r.device_id, r.stream_name, pending->stream_id);
         state->metrics.stream_rejected(rejection::device_disconnected);
@@ -478,7 +485,7 @@ asio::awaitable<http::response<http::string_body>> offer_stream(std::shared_ptr<
         state->log->info("event=StreamAccepted device={} stream={} streamId={}", r.device_id, r.stream_name,
                          pending->stream_id);
     } else {
-        drop_stream();
+        state->drop_stream(*pending, failure{codes::bad_request, "the device rejected the stream it had joined"});
         res.set("iothub-streaming-is-accepted", "False");
         std::string reason;
         for (char c : answer->reason) // a header value holds no control characters

@@ -105,7 +105,10 @@ struct pending_stream {
     // connections of the stream share one thread.
     asio::any_io_executor home;
     std::shared_ptr<stream_slot> slot; // the stream's place under the limits, released with it
-    bool device_lost = false;          // the device's control connection ended before it joined
+    // Why the stream can no longer pair, once it cannot (the device left before joining, or its
+    // request was rejected, timed out or lost after one side joined early): the waiting side is
+    // closed with it at once instead of at the deadline.
+    failure abandoned;
 };
 
 class cluster_node;        // cluster.hpp
@@ -150,6 +153,8 @@ struct relay_state {
     void expire_streams(); // drops streams nobody joined in time
     // The device's control connection ended: streams it accepted but never joined are given up now.
     void abandon_device_streams(const std::string& device_id);
+    // The stream will not pair (its request failed): forgotten, and a side already joined is closed with why.
+    void drop_stream(pending_stream& s, failure why);
     // Closes control connections whose device was deleted or disabled, or whose key or
     // certificate is no longer registered (all of them when device_id is empty).
     void revalidate_devices(const std::string& device_id = {});

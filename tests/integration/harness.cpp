@@ -24,6 +24,7 @@
 #include <map>
 #include <mutex>
 #include <regex>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <string_view>
@@ -1141,6 +1142,151 @@ void netns::run_inside(const std::function<void()>& fn) const {
     });
     t.join();
     if (error) std::rethrow_exception(error);
+}
+
+
+// --- socket_history ---------------------------------------------------------------------------
+
+namespace {
+
+// "0100007F:1F90" (as in /proc/net/tcp) -> "127.0.0.1:8080"; IPv6 stays hex.
+std::string readable_address(const std::string& hex) {
+    auto colon = hex.find(':');
+    if (colon != 8) return hex;
+    unsigned long ip = std::stoul(hex.substr(0, 8), nullptr, 16);
+    unsigned long port = std::stoul(hex.substr(9), nullptr, 16);
+    std::ostringstream out;
+    out << (ip & 0xff) << '.' << ((ip >> 8) & 0xff) << '.' << ((ip >> 16) & 0xff) << '.' << (ip >> 24) << ':' << port;
+    return out.str();
+}
+
+}  // namespace
+
+std::string utc_time_now() {
+    auto now = std::chrono::system_clock::now();
+    auto t = std::chrono::system_clock::to_time_t(now);
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
+    std::tm tm{};
+    gmtime_r(&t, &tm);
+    char text[32];
+    std::snprintf(text, sizeof text, "%02d:%02d:%02d.%03lld", tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<long long>(ms));
+    return text;
+}
+
+namespace {
+
+std::vector<std::string> socket_inodes_of(pid_t pid) {
+    std::vector<std::string> inodes;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec)) {
+        std::string target = fs::read_symlink(e.path(), ec).string();
+        if (target.rfind("socket:[", 0) == 0) inodes.push_back(target.substr(8, target.size() - 9));
+    }
+    return inodes;
+}
+
+// What a socket that is no TCP connection is: a line of /proc/PID/net/{udp,unix,netlink...}.
+std::string other_socket_kind(pid_t pid, const std::string& inode) {
+    for (const char* table : {"udp", "udp6", "unix", "netlink", "raw", "packet"}) {
+        std::ifstream in("/proc/" + std::to_string(pid) + "/net/" + table);
+        std::string line;
+        while (std::getline(in, line)) {
+            std::istringstream f(line);
+            std::string field;
+            while (f >> field)
+                if (field == inode) return std::string(table) + " socket: " + line;
+        }
+    }
+    return "not in the udp, unix or netlink tables either (a TCP socket never connected, or closed within 100 ms)";
+}
+
+}  // namespace
+
+struct socket_history::impl {
+    struct seen {
+        std::string local, remote, first_state, last_state, first_seen, last_seen, owner;
+    };
+    owners_fn owners;
+    std::mutex mutex;
+    std::map<std::string, seen> by_inode;
+    std::jthread poller;
+
+    void poll_once() {
+        const std::string now = utc_time_now();
+        std::map<std::string, std::string> owner_of;
+        for (auto& [name, pid] : owners())
+            for (auto& inode : socket_inodes_of(pid)) owner_of[inode] = name + " (pid " + std::to_string(pid) + ")";
+        std::lock_guard lock(mutex);
+        for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+            std::ifstream in(table);
+            std::string line;
+            std::getline(in, line);
+            while (std::getline(in, line)) {
+                std::istringstream f(line);
+                std::string sl, local, remote, state, queues, tr, retr, uid, timeout, inode;
+                f >> sl >> local >> remote >> state >> queues >> tr >> retr >> uid >> timeout >> inode;
+                if (inode == "0" || state == "0A") continue;  // time-wait remains, listeners
+                auto& s = by_inode[inode];
+                if (s.first_seen.empty()) {
+                    s = {readable_address(local), readable_address(remote), state, state, now, now, ""};
+                }
+                s.last_state = state;
+                s.last_seen = now;
+                if (auto it = owner_of.find(inode); it != owner_of.end()) s.owner = it->second;
+            }
+        }
+    }
+};
+
+socket_history::socket_history(owners_fn owners) : impl_(std::make_unique<impl>()) {
+    impl_->owners = std::move(owners);
+    impl_->poller = std::jthread([s = impl_.get()](std::stop_token stop) {
+        while (!stop.stop_requested()) {
+            try {
+                s->poll_once();
+            } catch (const std::exception&) {  // a process went away mid-read: the next poll sees
+            }
+            std::this_thread::sleep_for(100ms);
+        }
+    });
+}
+
+socket_history::~socket_history() = default;
+
+std::string socket_history::explain_closed_sockets(pid_t pid) {
+    std::set<std::string> live;
+    for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+        std::ifstream in(table);
+        std::string line;
+        std::getline(in, line);
+        while (std::getline(in, line)) {
+            std::istringstream f(line);
+            std::string sl, local, remote, state, queues, tr, retr, uid, timeout, inode;
+            f >> sl >> local >> remote >> state >> queues >> tr >> retr >> uid >> timeout >> inode;
+            live.insert(inode);
+        }
+    }
+    std::ostringstream out;
+    std::lock_guard lock(impl_->mutex);
+    for (auto& inode : socket_inodes_of(pid)) {
+        if (live.count(inode)) continue;
+        out << "socket:[" << inode << "] is no TCP connection any more; ";
+        auto it = impl_->by_inode.find(inode);
+        if (it == impl_->by_inode.end()) {
+            out << "never seen as one; " << other_socket_kind(pid, inode) << "\n";
+            continue;
+        }
+        auto& s = it->second;
+        out << s.local << " <- " << s.remote << ", state " << s.first_state << " at " << s.first_seen << ", "
+            << s.last_state << " last seen at " << s.last_seen << " (states in hex as in /proc/net/tcp)";
+        // The other end: the socket with the addresses swapped.
+        for (auto& [other_inode, o] : impl_->by_inode)
+            if (o.local == s.remote && o.remote == s.local)
+                out << "; other end socket:[" << other_inode << "] of " << (o.owner.empty() ? "an unwatched process" : o.owner)
+                    << ", first seen " << o.first_seen << ", last " << o.last_state << " at " << o.last_seen;
+        out << "\n";
+    }
+    return out.str();
 }
 
 }  // namespace sgit

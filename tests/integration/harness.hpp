@@ -235,6 +235,30 @@ int open_fd_count(pid_t pid);
 // One line per open descriptor: "fd -> target", TCP sockets with their addresses and state
 // (from /proc/PID/net/tcp{,6}): for messages about descriptor leaks.
 std::string describe_fds(pid_t pid);
+// "HH:MM:SS.mmm" in UTC, as the processes' logs write it.
+std::string utc_time_now();
+
+// Diagnosis of descriptor leaks: a background thread records every TCP socket of this network
+// namespace (addresses, state, when first and last seen) and which of the watched processes held
+// it, so a socket whose connection is long gone (no longer in /proc/net/tcp) can still be traced
+// to the connection it was and the process at its other end.
+class socket_history {
+public:
+    // owners: (name, pid) of the processes to attribute sockets to; called on every poll, so
+    // restarted processes are followed.
+    using owners_fn = std::function<std::vector<std::pair<std::string, pid_t>>()>;
+    explicit socket_history(owners_fn owners);
+    ~socket_history();
+    socket_history(const socket_history&) = delete;
+    socket_history& operator=(const socket_history&) = delete;
+    // For each socket descriptor of pid that is no longer a TCP connection: what it was.
+    std::string explain_closed_sockets(pid_t pid);
+
+private:
+    struct impl;
+    std::unique_ptr<impl> impl_;
+};
+
 // True if a socket is in LISTEN state on `port` in the network namespace of process `pid`
 // (reads /proc/PID/net/tcp{,6}).
 bool port_listening_in(pid_t pid, int port);

@@ -324,6 +324,13 @@ TEST_CASE("chaos: concurrent streams while the device proxy and the relay are ki
                            .device_proxy_args = ping,
                            .service_proxy_args = service_args,
                            .relay_args = ping});
+    // Who holds which socket, for the message when a descriptor stays open (pids change on restart).
+    std::atomic<pid_t> relay_pid{tunnel.relay.relay().pid()}, device_pid{tunnel.device_proxy->pid()};
+    const pid_t service_pid = tunnel.service_proxy->pid();
+    socket_history sockets([&] {
+        return std::vector<std::pair<std::string, pid_t>>{
+            {"relay", relay_pid}, {"device proxy", device_pid}, {"service proxy", service_pid}};
+    });
     tally t;
     std::atomic<bool> paused{false};
     std::atomic<int> in_flight{0};
@@ -364,6 +371,7 @@ TEST_CASE("chaos: concurrent streams while the device proxy and the relay are ki
     int relay_kills = 0, device_kills = 0;
     std::ostringstream events;
     const auto t0 = steady::now();
+    events << "0 s is " << utc_time_now() << " UTC\n";
     auto at = [&] { return std::chrono::duration<double>(steady::now() - t0).count(); };
 
     // Kills one of the processes at a random moment (these sleeps are the chaos schedule, not
@@ -380,6 +388,7 @@ TEST_CASE("chaos: concurrent streams while the device proxy and the relay are ki
                 REQUIRE(tunnel.relay.stop(SIGKILL).has_value());
                 std::this_thread::sleep_for(pick_ms(0, 1000));
                 tunnel.relay.start();
+                relay_pid = tunnel.relay.relay().pid();
                 ++relay_kills;
             } else {
                 events << at() << "s kill -9 device proxy\n";
@@ -387,6 +396,7 @@ TEST_CASE("chaos: concurrent streams while the device proxy and the relay are ki
                 REQUIRE(tunnel.device_proxy->wait_exit(5s).has_value());
                 std::this_thread::sleep_for(pick_ms(0, 1000));
                 tunnel.respawn_device_proxy();
+                device_pid = tunnel.device_proxy->pid();
                 ++device_kills;
             }
         }
@@ -415,6 +425,7 @@ TEST_CASE("chaos: concurrent streams while the device proxy and the relay are ki
     // The relay that stays from here on serves phase 2; its baseline is taken after a warm-up
     // (it served streams since its last start) and a quiet period.
     if (!tunnel.device_proxy->running()) tunnel.respawn_device_proxy();
+    device_pid = tunnel.device_proxy->pid();
     quiet();
     struct usage {
         int fds;
@@ -438,7 +449,8 @@ TEST_CASE("chaos: concurrent streams while the device proxy and the relay are ki
     bool relay_fds = wait_until(relay_fds_back, 15s, 100ms);
     std::string relay_fds_later = "";
     if (!relay_fds) {  // diagnosis only: a leak, or a slow clean-up (how slow)?
-        const std::string extra = describe_fds(tunnel.relay.relay().pid());
+        const std::string extra = describe_fds(tunnel.relay.relay().pid()) +
+                                  sockets.explain_closed_sockets(tunnel.relay.relay().pid());
         const auto from = steady::now();
         const bool later = wait_until(relay_fds_back, 30s, 200ms);
         relay_fds_later = "descriptors 15 s after the quiet period:\n" + extra +

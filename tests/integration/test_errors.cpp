@@ -165,3 +165,58 @@ TEST_CASE("errors: a device that joins before its answer arrived and a service t
     CHECK(took < 15s);  // connect timeout 2 s; before the fix it waited 60 s + 2 s
     CHECK(contains(relay.relay().stderr_text(), "reason=\"service side never joined\""));
 }
+
+TEST_CASE("errors: a device that joins before answering and then disconnects or rejects: its side is closed "
+          "at once with the reason, not held until the response timeout",
+          "[integration][errors]") {
+    const bool disconnects = GENERATE(true, false);
+    relay_fixture relay;
+    const std::string host = relay_host(relay);
+    const long long se = unix_now() + 600;
+    const std::string cs = relay.create_device("early-join");
+    const std::string device = "Authorization: " + sas_token(host + "/devices/early-join", cs_field(cs, "SharedAccessKey"), "", se);
+    const std::string service = "Authorization: " + sas_token(host, policy_key(relay, "service"), "service", se);
+    // The device's data connection first, then no answer at all (its control connection ends)
+    // or a rejection.
+    const std::string ending =
+        disconnects ? step({{"op", "close"}, {"label", "answer"}, {"conn", "dev"}})
+                    : step({{"op", "ws_send"}, {"label", "answer"}, {"conn", "dev"}, {"type", "text"},
+                            {"data", R"({"type":"streamResponse","requestId":"${request.j.requestId}","accepted":false,"reason":"no"})"}});
+    const auto started = steady::now();
+    wire_result w = wire_script(relay, {
+        step({{"op", "connect"}, {"conn", "dev"}}),
+        step({{"op", "upgrade"}, {"label", "control"}, {"conn", "dev"}, {"path", "/devices/early-join/streams"},
+              {"headers", std::vector<std::string>{device}}}),
+        wait_connected_step(relay, "early-join"),
+        step({{"op", "connect"}, {"conn", "svc"}}),
+        step({{"op", "request"}, {"label", "post"}, {"conn", "svc"}, {"method", "POST"},
+              {"path", "/twins/early-join/streams/s"},
+              {"headers", std::vector<std::string>{service, "iothub-streaming-connect-timeout-in-seconds: 30",
+                                                   "iothub-streaming-response-timeout-in-seconds: 60"}},
+              {"read", false}}),
+        step({{"op", "ws_recv"}, {"label", "request"}, {"conn", "dev"}}),
+        step({{"op", "connect"}, {"conn", "join"}}),
+        step({{"op", "upgrade"}, {"label", "join"}, {"conn", "join"}, {"path", "${request.url.path}"},
+              {"headers", std::vector<std::string>{"Authorization: Bearer ${request.j.authorizationToken}"}}}),
+        ending,
+        step({{"op", "read_response"}, {"label", "post"}, {"conn", "svc"}}),
+        step({{"op", "ws_recv"}, {"label", "closed"}, {"conn", "join"}, {"timeout", 20}}),
+    }, 40s);
+    const auto took = std::chrono::duration_cast<millis>(steady::now() - started);
+    INFO((disconnects ? "the device disconnects" : "the device rejects") << "\n" << w.describe());
+    CHECK(w.at("join").status() == 101);
+    const wire_event& closed = w.at("closed");
+    CHECK(closed.event() == "close");
+    if (disconnects) {
+        CHECK(w.at("post").status() == 404);
+        CHECK(contains(w.at("post").get("body"), "404104"));
+        CHECK(contains(closed.get("reason"), "404104"));
+        CHECK(contains(relay.relay().stderr_text(), "reason=\"the device disconnected before answering\""));
+    } else {
+        CHECK(w.at("post").status() == 200);
+        CHECK(w.at("post").get("h.iothub-streaming-is-accepted") == "False");
+        CHECK(contains(closed.get("reason"), "400000"));
+        CHECK(contains(relay.relay().stderr_text(), "reason=\"the device rejected the stream it had joined\""));
+    }
+    CHECK(took < 15s);  // before the fix: held until the response timeout and the connect timeout (90 s)
+}
