@@ -220,3 +220,45 @@ TEST_CASE("errors: a device that joins before answering and then disconnects or 
     }
     CHECK(took < 15s);  // before the fix: held until the response timeout and the connect timeout (90 s)
 }
+
+TEST_CASE("errors: a side that waits for the other longer than two ping intervals is still there when it joins",
+          "[integration][errors]") {
+    // Nothing reads a waiting side's WebSocket, so its pongs go unread: the relay must not take
+    // that for a dead peer (the connect timeout, not the ping interval, bounds the wait).
+    relay_fixture relay(relay_config{.args = {"--ping-interval", "1", "--handshake-timeout", "2"}});
+    const std::string host = relay_host(relay);
+    const long long se = unix_now() + 600;
+    const std::string cs = relay.create_device("late-service");
+    const std::string device = "Authorization: " + sas_token(host + "/devices/late-service", cs_field(cs, "SharedAccessKey"), "", se);
+    const std::string service = "Authorization: " + sas_token(host, policy_key(relay, "service"), "service", se);
+    wire_result w = wire_script(relay, {
+        step({{"op", "connect"}, {"conn", "dev"}}),
+        step({{"op", "upgrade"}, {"label", "control"}, {"conn", "dev"}, {"path", "/devices/late-service/streams"},
+              {"headers", std::vector<std::string>{device}}}),
+        wait_connected_step(relay, "late-service"),
+        step({{"op", "connect"}, {"conn", "svc"}}),
+        step({{"op", "request"}, {"label", "post"}, {"conn", "svc"}, {"method", "POST"},
+              {"path", "/twins/late-service/streams/s"},
+              {"headers", std::vector<std::string>{service, "iothub-streaming-connect-timeout-in-seconds: 30"}},
+              {"read", false}}),
+        step({{"op", "ws_recv"}, {"label", "request"}, {"conn", "dev"}}),
+        step({{"op", "ws_send"}, {"label", "answer"}, {"conn", "dev"}, {"type", "text"},
+              {"data", R"({"type":"streamResponse","requestId":"${request.j.requestId}","accepted":true})"}}),
+        step({{"op", "read_response"}, {"label", "post"}, {"conn", "svc"}}),
+        step({{"op", "connect"}, {"conn", "join"}}),
+        step({{"op", "upgrade"}, {"label", "join"}, {"conn", "join"}, {"path", "${request.url.path}"},
+              {"headers", std::vector<std::string>{"Authorization: Bearer ${request.j.authorizationToken}"}}}),
+        step({{"op", "sleep"}, {"seconds", 6}}),  // three handshake timeouts, six ping intervals
+        step({{"op", "connect"}, {"conn", "late"}}),
+        step({{"op", "upgrade"}, {"label", "late"}, {"conn", "late"}, {"path", "${request.url.path}"},
+              {"headers", std::vector<std::string>{"Authorization: Bearer ${post.h.iothub-streaming-auth-token}"}}}),
+        step({{"op", "ws_send"}, {"label", "hello"}, {"conn", "late"}, {"type", "binary"}, {"data", "hello"}}),
+        step({{"op", "ws_recv"}, {"label", "forwarded"}, {"conn", "join"}, {"timeout", 10}}),
+    }, 40s);
+    INFO(w.describe());
+    CHECK(w.at("join").status() == 101);
+    CHECK(w.at("late").status() == 101);
+    const wire_event& forwarded = w.at("forwarded");
+    CHECK(forwarded.event() == "message");
+    CHECK(forwarded.get("data_hex") == "68656c6c6f");
+}
