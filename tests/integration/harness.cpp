@@ -491,24 +491,37 @@ int free_port() {
     return bound_port(fd.get());
 }
 
-namespace {
-bool listening_in_tables(const std::string& proc_net, int port) {
+std::vector<tcp_row> read_tcp_tables(const std::string& proc_net) {
+    std::vector<tcp_row> rows;
     for (const char* table : {"/tcp", "/tcp6"}) {
         std::ifstream in(proc_net + table);
         std::string line;
         std::getline(in, line);  // header
         while (std::getline(in, line)) {
-            // "  sl  local_address rem_address   st ..."  e.g. "0: 0100007F:1F90 00000000:0000 0A"
-            std::istringstream fields(line);
-            std::string sl, local, remote, state;
-            fields >> sl >> local >> remote >> state;
-            auto colon = local.rfind(':');
-            if (colon == std::string::npos || state != "0A") continue;
-            if (std::stoi(local.substr(colon + 1), nullptr, 16) == port) return true;
+            // "sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode ..."
+            std::istringstream f(line);
+            std::string sl, tr, retr, uid, timeout;
+            tcp_row r;
+            f >> sl >> r.local >> r.remote >> r.state >> r.queues >> tr >> retr >> uid >> timeout >> r.inode;
+            rows.push_back(std::move(r));
         }
     }
+    return rows;
+}
+
+namespace {
+
+int port_of(const std::string& address) {
+    auto colon = address.rfind(':');
+    return colon == std::string::npos ? -1 : std::stoi(address.substr(colon + 1), nullptr, 16);
+}
+
+bool listening_in_tables(const std::string& proc_net, int port) {
+    for (const auto& r : read_tcp_tables(proc_net))
+        if (r.state == "0A" && port_of(r.local) == port) return true;
     return false;
 }
+
 }  // namespace
 
 bool port_listening(int port) { return listening_in_tables("/proc/net", port); }
@@ -601,28 +614,15 @@ closed_result wait_closed(int fd, millis timeout) {
 
 std::size_t tcp_queued_bytes(const std::vector<int>& ports) {
     std::size_t total = 0;
-    auto port_of = [](const std::string& address) {
-        auto colon = address.rfind(':');
-        return colon == std::string::npos ? -1 : std::stoi(address.substr(colon + 1), nullptr, 16);
-    };
-    for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
-        std::ifstream in(table);
-        std::string line;
-        std::getline(in, line);  // header
-        while (std::getline(in, line)) {
-            // "sl local_address rem_address st tx_queue:rx_queue ..." (hex)
-            std::istringstream fields(line);
-            std::string sl, local, remote, state, queues;
-            fields >> sl >> local >> remote >> state >> queues;
-            if (state == "0A") continue;  // LISTEN: rx_queue is the accept backlog
-            const int lp = port_of(local), rp = port_of(remote);
-            if (std::find(ports.begin(), ports.end(), lp) == ports.end() &&
-                std::find(ports.begin(), ports.end(), rp) == ports.end())
-                continue;
-            auto colon = queues.find(':');
-            if (colon == std::string::npos) continue;
-            total += std::stoul(queues.substr(0, colon), nullptr, 16) + std::stoul(queues.substr(colon + 1), nullptr, 16);
-        }
+    for (const auto& r : read_tcp_tables("/proc/net")) {
+        if (r.state == "0A") continue;  // LISTEN: rx_queue is the accept backlog
+        const int lp = port_of(r.local), rp = port_of(r.remote);
+        if (std::find(ports.begin(), ports.end(), lp) == ports.end() &&
+            std::find(ports.begin(), ports.end(), rp) == ports.end())
+            continue;
+        auto colon = r.queues.find(':');
+        if (colon == std::string::npos) continue;
+        total += std::stoul(r.queues.substr(0, colon), nullptr, 16) + std::stoul(r.queues.substr(colon + 1), nullptr, 16);
     }
     return total;
 }
@@ -631,17 +631,8 @@ std::string describe_fds(pid_t pid) {
     const std::string base = "/proc/" + std::to_string(pid);
     // socket inode -> "local remote state" (hex, as in /proc/net/tcp)
     std::map<std::string, std::string> sockets;
-    for (const char* table : {"/net/tcp", "/net/tcp6"}) {
-        std::ifstream in(base + table);
-        std::string line;
-        std::getline(in, line);
-        while (std::getline(in, line)) {
-            std::istringstream f(line);
-            std::string sl, local, remote, state, queues, tr, retr, uid, timeout, inode;
-            f >> sl >> local >> remote >> state >> queues >> tr >> retr >> uid >> timeout >> inode;
-            sockets[inode] = "tcp " + local + " -> " + remote + " st " + state;
-        }
-    }
+    for (const auto& r : read_tcp_tables(base + "/net"))
+        sockets[r.inode] = "tcp " + r.local + " -> " + r.remote + " st " + r.state;
     std::ostringstream out;
     std::error_code ec;
     for (const auto& e : fs::directory_iterator(base + "/fd", ec)) {
@@ -1216,24 +1207,15 @@ struct socket_history::impl {
         std::map<std::string, std::string> owner_of;
         for (auto& [name, pid] : owners())
             for (auto& inode : socket_inodes_of(pid)) owner_of[inode] = name + " (pid " + std::to_string(pid) + ")";
+        const auto rows = read_tcp_tables("/proc/net");
         std::lock_guard lock(mutex);
-        for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
-            std::ifstream in(table);
-            std::string line;
-            std::getline(in, line);
-            while (std::getline(in, line)) {
-                std::istringstream f(line);
-                std::string sl, local, remote, state, queues, tr, retr, uid, timeout, inode;
-                f >> sl >> local >> remote >> state >> queues >> tr >> retr >> uid >> timeout >> inode;
-                if (inode == "0" || state == "0A") continue;  // time-wait remains, listeners
-                auto& s = by_inode[inode];
-                if (s.first_seen.empty()) {
-                    s = {readable_address(local), readable_address(remote), state, state, now, now, ""};
-                }
-                s.last_state = state;
-                s.last_seen = now;
-                if (auto it = owner_of.find(inode); it != owner_of.end()) s.owner = it->second;
-            }
+        for (const auto& r : rows) {
+            if (r.inode == "0" || r.state == "0A") continue;  // time-wait remains, listeners
+            auto& s = by_inode[r.inode];
+            if (s.first_seen.empty()) s = {readable_address(r.local), readable_address(r.remote), r.state, r.state, now, now, ""};
+            s.last_state = r.state;
+            s.last_seen = now;
+            if (auto it = owner_of.find(r.inode); it != owner_of.end()) s.owner = it->second;
         }
     }
 };
@@ -1255,17 +1237,7 @@ socket_history::~socket_history() = default;
 
 std::string socket_history::explain_closed_sockets(pid_t pid) {
     std::set<std::string> live;
-    for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
-        std::ifstream in(table);
-        std::string line;
-        std::getline(in, line);
-        while (std::getline(in, line)) {
-            std::istringstream f(line);
-            std::string sl, local, remote, state, queues, tr, retr, uid, timeout, inode;
-            f >> sl >> local >> remote >> state >> queues >> tr >> retr >> uid >> timeout >> inode;
-            live.insert(inode);
-        }
-    }
+    for (const auto& r : read_tcp_tables("/proc/net")) live.insert(r.inode);
     std::ostringstream out;
     std::lock_guard lock(impl_->mutex);
     for (auto& inode : socket_inodes_of(pid)) {
@@ -1277,7 +1249,7 @@ std::string socket_history::explain_closed_sockets(pid_t pid) {
             continue;
         }
         auto& s = it->second;
-        out << s.local << " <- " << s.remote << ", state " << s.first_state << " at " << s.first_seen << ", "
+        out << "local " << s.local << ", remote " << s.remote << ", state " << s.first_state << " at " << s.first_seen << ", "
             << s.last_state << " last seen at " << s.last_seen << " (states in hex as in /proc/net/tcp)";
         // The other end: the socket with the addresses swapped.
         for (auto& [other_inode, o] : impl_->by_inode)

@@ -223,6 +223,14 @@ closed_result wait_closed(int fd, millis timeout);
 // ---------------------------------------------------------------------------------------------
 // /proc probes (Linux).
 
+// One row of /proc/net/tcp{,6}, fields as the kernel writes them (hex addresses and state).
+struct tcp_row {
+    std::string local, remote, state, queues, inode;  // queues: "tx_queue:rx_queue"
+};
+// Every row of {proc_net}/tcp and {proc_net}/tcp6 ("/proc/net", or "/proc/PID/net" for a
+// process's network namespace).
+std::vector<tcp_row> read_tcp_tables(const std::string& proc_net);
+
 // Bytes the kernel holds in the send and receive queues (tx_queue + rx_queue of /proc/net/tcp{,6})
 // of every connected TCP socket whose local or remote port is one of `ports`, in this network
 // namespace: what a chain of connections buffers outside the processes.

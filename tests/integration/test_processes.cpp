@@ -381,19 +381,11 @@ namespace {
 // LISTEN sockets on 127.0.0.1:port in /proc/net/tcp (one per thread of a relay that spreads its
 // port over its threads).
 int listening_sockets(int port) {
-    std::ifstream in("/proc/net/tcp");
-    std::string line;
-    std::getline(in, line);  // header
     char wanted[32];
     std::snprintf(wanted, sizeof wanted, "0100007F:%04X", port);
     int count = 0;
-    while (std::getline(in, line)) {
-        std::istringstream fields(line);
-        std::string slot, local, remote, state;
-        fields >> slot >> local >> remote >> state;
-        if (local == wanted && state == "0A")
-            ++count;
-    }
+    for (const auto& r : read_tcp_tables("/proc/net"))
+        if (r.local == wanted && r.state == "0A") ++count;
     return count;
 }
 
