@@ -75,6 +75,12 @@ void control_channel::end()
         waiter->deliver(std::nullopt);
 }
 
+bool control_channel::ended()
+{
+    std::lock_guard lock(mutex_);
+    return closed_;
+}
+
 ws_control_channel::ws_control_channel(std::string device_id, std::string credential, std::shared_ptr<wss_stream> ws)
     : control_channel(std::move(device_id), std::move(credential), "websocket"),
       link_(std::make_shared<control_link>(std::move(ws)))
@@ -258,6 +264,7 @@ asio::awaitable<void> serve_control(std::shared_ptr<relay_state> state, tls_stre
     auto accepted = co_await ws->async_accept(req, use_nothrow);
     if (auto aec = std::get<0>(accepted)) {
         state->device_offline(channel, peer, false, "control handshake failed: " + aec.message());
+        state->restore_device(channel, std::move(replaced)); // the older connection still serves the device
         co_return;
     }
     state->device_online(channel, std::move(replaced), peer);
@@ -290,6 +297,18 @@ std::shared_ptr<control_channel> relay_state::attach_device(const std::shared_pt
     return replaced;
 }
 
+void relay_state::restore_device(const std::shared_ptr<control_channel>& failed, std::shared_ptr<control_channel> replaced)
+{
+    if (!replaced)
+        return;
+    std::lock_guard lock(devices_mutex);
+    auto it = devices.find(failed->device_id());
+    // Not over a newer connection, nor a connection that ended meanwhile: device_offline ends a
+    // channel before it looks for it here, so one that has not ended yet will still remove itself.
+    if ((it == devices.end() || it->second == failed) && !replaced->ended())
+        devices[failed->device_id()] = std::move(replaced);
+}
+
 void relay_state::device_online(const std::shared_ptr<control_channel>& channel, std::shared_ptr<control_channel> replaced,
                                 const std::string& peer)
 {
@@ -318,6 +337,7 @@ void relay_state::device_offline(const std::shared_ptr<control_channel>& channel
                                  std::string_view reason)
 {
     const auto& id = channel->device_id();
+    channel->end(); // first: restore_device must not put back a channel about to look for itself
     bool current = false;
     {
         std::lock_guard lock(devices_mutex);
@@ -326,7 +346,6 @@ void relay_state::device_offline(const std::shared_ptr<control_channel>& channel
         if (current)
             devices.erase(it);
     }
-    channel->end();
     if (!online) {
         log->info("peer={} device={} {}", peer, id, reason);
         return;

@@ -60,6 +60,7 @@ public:
     virtual void close(int code, std::string_view message) = 0;
     // The connection is over (or never opened): requests still waiting get "device went away".
     void end();
+    bool ended();
 
 protected:
     // Puts the request on the wire (queued behind what is being written).
@@ -171,6 +172,8 @@ struct relay_state {
     // waiting requests and unjoined streams given up. `online`: device_online ran.
     void device_offline(const std::shared_ptr<control_channel>& channel, const std::string& peer, bool online,
                         std::string_view reason);
+    // a connection that never opened gives the device back the one it would have replaced.
+    void restore_device(const std::shared_ptr<control_channel>& failed, std::shared_ptr<control_channel> replaced);
 };
 
 // Entry points of the translation units.

@@ -262,3 +262,39 @@ TEST_CASE("errors: a side that waits for the other longer than two ping interval
     CHECK(forwarded.event() == "message");
     CHECK(forwarded.get("data_hex") == "68656c6c6f");
 }
+
+TEST_CASE("errors: a second control connection whose WebSocket handshake fails leaves the device's working "
+          "connection registered",
+          "[integration][errors]") {
+    relay_fixture relay;
+    const std::string host = relay_host(relay);
+    const long long se = unix_now() + 600;
+    const std::string cs = relay.create_device("steady");
+    const std::string device = "Authorization: " + sas_token(host + "/devices/steady", cs_field(cs, "SharedAccessKey"), "", se);
+    const std::string service = "Authorization: " + sas_token(host, policy_key(relay, "service"), "service", se);
+    wire_result w = wire_script(relay, {
+        step({{"op", "connect"}, {"conn", "dev"}}),
+        step({{"op", "upgrade"}, {"label", "control"}, {"conn", "dev"}, {"path", "/devices/steady/streams"},
+              {"headers", std::vector<std::string>{device}}}),
+        wait_connected_step(relay, "steady"),
+        // Authorized, but no WebSocket the relay can accept (a version it does not speak, no key).
+        step({{"op", "connect"}, {"conn", "bad"}}),
+        step({{"op", "request"}, {"label", "bad-upgrade"}, {"conn", "bad"}, {"method", "GET"}, {"path", "/devices/steady/streams"},
+              {"headers", std::vector<std::string>{"Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Version: 12", device}}}),
+        step({{"op", "connect"}, {"conn", "svc"}}),
+        step({{"op", "request"}, {"label", "post"}, {"conn", "svc"}, {"method", "POST"}, {"path", "/twins/steady/streams/s"},
+              {"headers", std::vector<std::string>{service, "iothub-streaming-response-timeout-in-seconds: 10"}},
+              {"read", false}}),
+        step({{"op", "ws_recv"}, {"label", "request"}, {"conn", "dev"}, {"timeout", 10}}),
+        step({{"op", "ws_send"}, {"label", "answer"}, {"conn", "dev"}, {"type", "text"},
+              {"data", R"({"type":"streamResponse","requestId":"${request.j.requestId}","accepted":false,"reason":"test"})"}}),
+        step({{"op", "read_response"}, {"label", "post"}, {"conn", "svc"}}),
+    }, 40s);
+    INFO(w.describe());
+    CHECK(w.at("control").status() == 101);
+    CHECK(w.at("bad-upgrade").status() != 101);
+    CHECK(w.at("request").event() == "message");  // the stream request reached the working connection
+    CHECK(w.at("post").status() == 200);
+    CHECK(w.at("post").get("h.iothub-streaming-is-accepted") == "False");
+    CHECK(contains(relay.relay().stderr_text(), "control handshake failed"));
+}
