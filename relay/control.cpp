@@ -209,11 +209,12 @@ void relay_state::drop_stream(pending_stream& s, failure why)
 {
     std::lock_guard lock(streams_mutex);
     streams.erase(s.stream_id);
-    // A side may have joined before the answer (a device joins as it accepts): it is closed now.
-    if (s.waiting_timer) {
-        s.abandoned = std::move(why);
+    // A side may have joined before the answer (a device joins as it accepts): it is closed now,
+    // or as soon as it starts to wait if its WebSocket handshake is still under way.
+    s.abandoned = std::move(why);
+    s.expires_at = std::chrono::steady_clock::now();
+    if (s.waiting_timer)
         asio::post(s.waiting_timer->get_executor(), [t = s.waiting_timer] { t->cancel(); });
-    }
 }
 
 asio::awaitable<void> serve_control(std::shared_ptr<relay_state> state, tls_stream stream, request_type req, route r,
