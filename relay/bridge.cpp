@@ -164,7 +164,7 @@ asio::awaitable<void> join_side(std::shared_ptr<relay_state> state, tls_stream s
         if (s->waiting) {
             other = std::move(s->waiting);
             state->streams.erase(s->stream_id);
-            asio::post(s->waiting_timer->get_executor(), [t = s->waiting_timer] { t->cancel(); });
+            s->wake_waiting_side();
             s->waiting_timer.reset();
         } else {
             s->waiting = ws;

@@ -191,30 +191,33 @@ void relay_state::revalidate_devices(const std::string& device_id)
     }
 }
 
+void pending_stream::wake_waiting_side()
+{
+    if (waiting_timer)
+        asio::post(waiting_timer->get_executor(), [t = waiting_timer] { t->cancel(); });
+}
+
+void pending_stream::abandon(failure why)
+{
+    abandoned = std::move(why);
+    expires_at = std::chrono::steady_clock::now(); // a side still in its handshake gives up as it starts to wait
+    wake_waiting_side();
+}
+
 void relay_state::abandon_device_streams(const std::string& device_id)
 {
-    auto now = std::chrono::steady_clock::now();
     std::lock_guard lock(streams_mutex);
-    for (auto& [id, s] : streams) {
-        if (s->device_id != device_id || s->device_joined)
-            continue;
-        s->abandoned = failure{codes::device_connection_closed, "the device disconnected before joining"};
-        s->expires_at = now;
-        if (s->waiting_timer)
-            asio::post(s->waiting_timer->get_executor(), [t = s->waiting_timer] { t->cancel(); });
-    }
+    for (auto& [id, s] : streams)
+        if (s->device_id == device_id && !s->device_joined)
+            s->abandon(failure{codes::device_connection_closed, "the device disconnected before joining"});
 }
 
 void relay_state::drop_stream(pending_stream& s, failure why)
 {
     std::lock_guard lock(streams_mutex);
     streams.erase(s.stream_id);
-    // A side may have joined before the answer (a device joins as it accepts): it is closed now,
-    // or as soon as it starts to wait if its WebSocket handshake is still under way.
-    s.abandoned = std::move(why);
-    s.expires_at = std::chrono::steady_clock::now();
-    if (s.waiting_timer)
-        asio::post(s.waiting_timer->get_executor(), [t = s.waiting_timer] { t->cancel(); });
+    // A side may have joined before the answer (a device joins as it accepts).
+    s.abandon(std::move(why));
 }
 
 asio::awaitable<void> serve_control(std::shared_ptr<relay_state> state, tls_stream stream, request_type req, route r,
@@ -494,8 +497,7 @@ asio::awaitable<http::response<http::string_body>> offer_stream(std::shared_ptr<
             // A device that joined before its answer arrived waits on the longer deadline: wake it
             // to wait for the new one (else a service that never joins holds it for the response
             // timeout as well).
-            if (pending->waiting_timer)
-                asio::post(pending->waiting_timer->get_executor(), [t = pending->waiting_timer] { t->cancel(); });
+            pending->wake_waiting_side();
         }
         res.set("iothub-streaming-is-accepted", "True");
         res.set("iothub-streaming-url", url);

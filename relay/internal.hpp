@@ -110,6 +110,11 @@ struct pending_stream {
     // request was rejected, timed out or lost after one side joined early): the waiting side is
     // closed with it at once instead of at the deadline.
     failure abandoned;
+
+    // Both under the relay's streams_mutex. The waiting side (if any) looks at the stream again:
+    void wake_waiting_side();
+    // the stream can no longer pair, and a side waiting or about to wait is closed with why.
+    void abandon(failure why);
 };
 
 class cluster_node;        // cluster.hpp

@@ -1135,7 +1135,6 @@ void netns::run_inside(const std::function<void()>& fn) const {
     if (error) std::rethrow_exception(error);
 }
 
-
 // --- socket_history ---------------------------------------------------------------------------
 
 namespace {
