@@ -38,6 +38,19 @@ void expect_device_refused(relay_fixture& relay, const std::string& device_id,
     CHECK_FALSE(wait_until([&] { return relay.device_connected(device_id); }, 3s, 200ms));
 }
 
+// A registered device and the Authorization headers of a hand-scripted device (its SAS token)
+// and service (the "service" policy's), for wire_client.py scripts.
+struct scripted_parties {
+    std::string device, service;
+};
+scripted_parties register_scripted_device(relay_fixture& relay, const std::string& device_id) {
+    const std::string host = relay_host(relay);
+    const long long se = unix_now() + 600;
+    const std::string cs = relay.create_device(device_id);
+    return {"Authorization: " + sas_token(host + "/devices/" + device_id, cs_field(cs, "SharedAccessKey"), "", se),
+            "Authorization: " + sas_token(host, policy_key(relay, "service"), "service", se)};
+}
+
 }  // namespace
 
 TEST_CASE("errors: a device that exists but is offline gets 404103 at once", "[integration][errors]") {
@@ -127,11 +140,7 @@ TEST_CASE("errors: a device that joins before its answer arrived and a service t
           "side is closed 504101 after the connect timeout, not the response timeout as well",
           "[integration][errors]") {
     relay_fixture relay;
-    const std::string host = relay_host(relay);
-    const long long se = unix_now() + 600;
-    const std::string cs = relay.create_device("early-join");
-    const std::string device = "Authorization: " + sas_token(host + "/devices/early-join", cs_field(cs, "SharedAccessKey"), "", se);
-    const std::string service = "Authorization: " + sas_token(host, policy_key(relay, "service"), "service", se);
+    const auto [device, service] = register_scripted_device(relay, "early-join");
     const auto started = steady::now();
     wire_result w = wire_script(relay, {
         step({{"op", "connect"}, {"conn", "dev"}}),
@@ -171,11 +180,7 @@ TEST_CASE("errors: a device that joins before answering and then disconnects or 
           "[integration][errors]") {
     const bool disconnects = GENERATE(true, false);
     relay_fixture relay;
-    const std::string host = relay_host(relay);
-    const long long se = unix_now() + 600;
-    const std::string cs = relay.create_device("early-join");
-    const std::string device = "Authorization: " + sas_token(host + "/devices/early-join", cs_field(cs, "SharedAccessKey"), "", se);
-    const std::string service = "Authorization: " + sas_token(host, policy_key(relay, "service"), "service", se);
+    const auto [device, service] = register_scripted_device(relay, "early-join");
     // The device's data connection first, then no answer at all (its control connection ends)
     // or a rejection.
     const std::string ending =
@@ -226,11 +231,7 @@ TEST_CASE("errors: a side that waits for the other longer than two ping interval
     // Nothing reads a waiting side's WebSocket, so its pongs go unread: the relay must not take
     // that for a dead peer (the connect timeout, not the ping interval, bounds the wait).
     relay_fixture relay(relay_config{.args = {"--ping-interval", "1", "--handshake-timeout", "2"}});
-    const std::string host = relay_host(relay);
-    const long long se = unix_now() + 600;
-    const std::string cs = relay.create_device("late-service");
-    const std::string device = "Authorization: " + sas_token(host + "/devices/late-service", cs_field(cs, "SharedAccessKey"), "", se);
-    const std::string service = "Authorization: " + sas_token(host, policy_key(relay, "service"), "service", se);
+    const auto [device, service] = register_scripted_device(relay, "late-service");
     wire_result w = wire_script(relay, {
         step({{"op", "connect"}, {"conn", "dev"}}),
         step({{"op", "upgrade"}, {"label", "control"}, {"conn", "dev"}, {"path", "/devices/late-service/streams"},
@@ -267,11 +268,7 @@ TEST_CASE("errors: a second control connection whose WebSocket handshake fails l
           "connection registered",
           "[integration][errors]") {
     relay_fixture relay;
-    const std::string host = relay_host(relay);
-    const long long se = unix_now() + 600;
-    const std::string cs = relay.create_device("steady");
-    const std::string device = "Authorization: " + sas_token(host + "/devices/steady", cs_field(cs, "SharedAccessKey"), "", se);
-    const std::string service = "Authorization: " + sas_token(host, policy_key(relay, "service"), "service", se);
+    const auto [device, service] = register_scripted_device(relay, "steady");
     wire_result w = wire_script(relay, {
         step({{"op", "connect"}, {"conn", "dev"}}),
         step({{"op", "upgrade"}, {"label", "control"}, {"conn", "dev"}, {"path", "/devices/steady/streams"},
