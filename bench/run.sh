@@ -25,6 +25,8 @@
 #   --backpressure-seconds S  (default 20; quick 5)
 #   --threads N          --threads for the relay (default: the relay's own default, one per core)
 #   --proxy-threads N    --threads for both proxies (default: theirs: one thread each)
+#   --relay-arg ARG      one more relay option (repeatable), e.g. --relay-arg --keep-stream-connections=false
+#                        to measure old against new in the same minutes
 #   --default-limits     keep the relay's stream admission limits (by default the run lifts them,
 #                        where the relay has them, so they do not cap what is measured: one device
 #                        carries every stream here)
@@ -47,7 +49,7 @@ REPO=$(cd "$BENCH_DIR/.." && pwd)
 COMMAND_LINE="bench/run.sh $*"
 
 QUICK=0 ROWS="1,2,3,4,5,6" DURATION="" REPEAT="" STREAMS="" DEVICES="" PINGPONGS="" SETUPS="" RATE_SECONDS=""
-BP_SECONDS="" RELAY_THREADS="" PROXY_THREADS="" OUT="$BENCH_DIR/results/latest.json" BUILD_DIR="$REPO/build-bench" DO_BUILD=1
+BP_SECONDS="" RELAY_THREADS="" PROXY_THREADS="" EXTRA_RELAY_ARGS=() OUT="$BENCH_DIR/results/latest.json" BUILD_DIR="$REPO/build-bench" DO_BUILD=1
 KEEP=0 TIME_LIMIT="" PERF=0 HEAPTRACK=0 DEFAULT_LIMITS=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -63,6 +65,7 @@ while [ $# -gt 0 ]; do
     --backpressure-seconds) BP_SECONDS=$2; shift ;;
     --threads) RELAY_THREADS=$2; shift ;;
     --proxy-threads) PROXY_THREADS=$2; shift ;;
+    --relay-arg) EXTRA_RELAY_ARGS+=("$2"); shift ;;
     --out) OUT=$2; shift ;;
     --build-dir) BUILD_DIR=$2; shift ;;
     --no-build) DO_BUILD=0 ;;
@@ -251,6 +254,7 @@ DATA=$WORK/data
 DEVICE_ID=bench-device
 RELAY_ARGS=(--data-dir "$DATA" --listen "127.0.0.1:$RELAY_PORT")
 [ -n "$RELAY_THREADS" ] && RELAY_ARGS+=(--threads "$RELAY_THREADS")
+RELAY_ARGS+=("${EXTRA_RELAY_ARGS[@]}")
 # Stream admission limits (per device: 1,000 concurrent and 100 new/s by default) are policy, not
 # capacity; this suite sends every stream to one device, so it lifts them where the relay has them.
 # Read whole before grep: `grep -q` closing the pipe early made --help die of SIGPIPE and, with

@@ -4,6 +4,7 @@
 #include <boost/asio/ip/address.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/json.hpp>
+#include <algorithm>
 #include <atomic>
 #include <ctime>
 #include <map>
@@ -28,6 +29,20 @@ namespace {
 std::int64_t unix_now() { return static_cast<std::int64_t>(std::time(nullptr)); }
 
 failure local_failure(std::string what) { return failure{0, std::move(what)}; }
+
+// A relay thread's index as a header says it, -1 when it is not one.
+int parse_lane(std::string_view text)
+{
+    int lane = 0;
+    if (text.empty() || text.size() > 4)
+        return -1;
+    for (char c : text) {
+        if (c < '0' || c > '9')
+            return -1;
+        lane = lane * 10 + (c - '0');
+    }
+    return lane;
+}
 
 bool is_ip_literal(const std::string& host)
 {
@@ -103,12 +118,29 @@ struct spare_key {
     auto operator<=>(const spare_key&) const = default;
 };
 
+// A connection waiting for this process's next stream to the same relay: a TLS connection ready
+// for an HTTP request (a spare opened ahead, or a request's connection given back), or a stream's
+// WebSocket the relay keeps after a clean end of stream, ready for a join message (docs/PROTOCOL.md,
+// "Connections kept for the next stream").
+template <class Connection>
+struct held_connection {
+    // Weak: the coroutine that holds it owns it, so no connection outlives the io_context (a
+    // process ends with its io_context; a static pool would free sockets after it).
+    std::weak_ptr<Connection> connection;
+    std::shared_ptr<asio::steady_timer> until; // the holder's wait, cut short when it is taken
+    int lane = -1;                             // a kept WebSocket: the relay thread it lives on
+};
+
+template <class Connection>
+using held_lists = std::map<spare_key, std::vector<held_connection<Connection>>>; // newest last
+
 struct spare_pool {
     std::mutex mutex;
-    // Weak: the coroutine that opened a spare owns it, so no connection outlives the io_context
-    // (a process ends with its io_context; a static pool would free sockets after it).
-    std::map<spare_key, std::weak_ptr<tls_stream>> ready;
+    held_lists<tls_stream> ready;
     std::set<spare_key> opening;
+    held_lists<wss_stream> kept;
+    // Which joined WebSockets the relay keeps, and where they go back after their stream.
+    std::map<const wss_stream*, std::pair<spare_key, int>> keepable;
 };
 
 spare_pool& spares()
@@ -117,21 +149,78 @@ spare_pool& spares()
     return pool;
 }
 
-std::shared_ptr<tls_stream> take_spare(const spare_key& key)
+bool usable(tls_stream& stream) { return stream.idle_and_open(); }
+bool usable(wss_stream& ws) { return ws.is_open(); }
+
+asio::awaitable<void> let_go(tls_stream& stream)
 {
-    std::shared_ptr<tls_stream> stream;
+    drop_connection(stream);
+    co_return;
+}
+asio::awaitable<void> let_go(wss_stream& ws) { co_await ws.async_close(websocket::close_code::normal, use_nothrow); }
+
+// The newest held connection for key (of this lane, when both say one), taken out of the pool.
+template <class Connection>
+std::pair<std::shared_ptr<Connection>, int> take_held(held_lists<Connection>& lists, const spare_key& key, int lane)
+{
+    auto& pool = spares();
+    for (;;) {
+        std::shared_ptr<Connection> connection;
+        int its_lane = -1;
+        {
+            std::lock_guard lock(pool.mutex);
+            auto it = lists.find(key);
+            if (it == lists.end())
+                return {};
+            auto& list = it->second;
+            std::size_t i = list.size();
+            while (i > 0 && lane >= 0 && list[i - 1].lane >= 0 && list[i - 1].lane != lane)
+                --i;
+            if (i == 0)
+                return {};
+            auto held = std::move(list[i - 1]);
+            list.erase(list.begin() + static_cast<std::ptrdiff_t>(i - 1));
+            asio::post(held.until->get_executor(), [until = held.until] { until->cancel(); });
+            connection = held.connection.lock();
+            its_lane = held.lane;
+        }
+        if (connection && usable(*connection))
+            return {connection, its_lane};
+    }
+}
+
+// Holds a connection for spare_lifetime, unless a stream takes it first; then lets it go.
+template <class Connection>
+asio::awaitable<void> hold(held_lists<Connection>& lists, spare_key key, int lane, std::shared_ptr<Connection> connection)
+{
+    auto& pool = spares();
+    auto until = std::make_shared<asio::steady_timer>(co_await asio::this_coro::executor, spare_lifetime);
     {
-        auto& pool = spares();
         std::lock_guard lock(pool.mutex);
-        auto it = pool.ready.find(key);
-        if (it != pool.ready.end()) {
-            stream = it->second.lock();
-            pool.ready.erase(it);
+        lists[key].push_back(held_connection<Connection>{connection, until, lane});
+    }
+    co_await until->async_wait(use_nothrow);
+    bool unused = false;
+    {
+        std::lock_guard lock(pool.mutex);
+        auto& list = lists[key];
+        auto it = std::find_if(list.begin(), list.end(), [&](const auto& h) { return h.until == until; });
+        if (it != list.end()) {
+            list.erase(it);
+            unused = true;
         }
     }
-    if (stream && !stream->idle_and_open())
-        stream.reset();
-    return stream;
+    if (unused)
+        co_await let_go(*connection);
+}
+
+std::shared_ptr<tls_stream> take_spare(const spare_key& key) { return take_held(spares().ready, key, -1).first; }
+
+void give_back(spare_key key, std::shared_ptr<tls_stream> stream)
+{
+    stream->expires_never();
+    auto ex = stream->get_executor();
+    asio::co_spawn(ex, hold(spares().ready, std::move(key), -1, std::move(stream)), asio::detached);
 }
 
 asio::awaitable<void> keep_spare(ssl::context& tls, spare_key key)
@@ -140,38 +229,26 @@ asio::awaitable<void> keep_spare(ssl::context& tls, spare_key key)
     bool start = false;
     {
         std::lock_guard lock(pool.mutex);
-        start = !pool.ready.contains(key) && pool.opening.insert(key).second;
+        auto it = pool.ready.find(key);
+        start = (it == pool.ready.end() || it->second.empty()) && pool.opening.insert(key).second;
     }
     if (!start)
         co_return;
     auto connected = co_await connect_tls(tls, key.host, key.port, std::chrono::seconds(10));
     std::shared_ptr<tls_stream> stream = std::get<1>(connected);
-    bool kept = false;
     {
         std::lock_guard lock(pool.mutex);
         pool.opening.erase(key);
-        if (stream && !pool.ready.contains(key)) {
-            stream->expires_never();
-            pool.ready[key] = stream;
-            kept = true;
-        }
     }
-    if (!kept)
-        co_return;
-    auto ex = co_await asio::this_coro::executor;
-    asio::steady_timer timer(ex, spare_lifetime);
-    co_await timer.async_wait(use_nothrow);
-    bool unused = false;
-    {
-        std::lock_guard lock(pool.mutex);
-        auto it = pool.ready.find(key);
-        if (it != pool.ready.end() && it->second.lock() == stream) {
-            pool.ready.erase(it);
-            unused = true;
-        }
-    }
-    if (unused)
-        drop_connection(*stream);
+    if (stream)
+        give_back(key, stream);
+}
+
+void remember_keepable(const wss_stream& ws, const spare_key& key, int lane)
+{
+    auto& pool = spares();
+    std::lock_guard lock(pool.mutex);
+    pool.keepable[&ws] = {key, lane};
 }
 
 // A connection for a stream: the spare one when there is one.
@@ -332,10 +409,8 @@ create_stream(ssl::context& tls, const connection_string& service, stream_reques
         if (!wec) {
             auto read = co_await http::async_read(*stream, buffer, *parser, use_nothrow);
             rec = std::get<0>(read);
-            if (!rec) {
-                co_await open_spare_for_next(tls, service.host(), service.port());
+            if (!rec)
                 break;
-            }
         }
         // A connection opened ahead that the relay closed meanwhile: once more on a new one.
         if (was_spare && attempt == 0 && !parser->got_some()) {
@@ -348,13 +423,20 @@ create_stream(ssl::context& tls, const connection_string& service, stream_reques
     }
     auto& res = parser->get();
     bool accepted = res.result() == http::status::ok && res["iothub-streaming-is-accepted"] == "True";
-    if (accepted && res.keep_alive() && buffer.size() == 0) {
+    const bool reusable = res.keep_alive() && buffer.size() == 0;
+    if (accepted && reusable) {
+        // connect_stream joins through it, or gives it back for the next request.
         response.connection = stream;
         response.connection_host = service.host();
         response.connection_port = service.port();
+    } else if (reusable && warm_connections) {
+        give_back(spare_key{&tls, service.host(), service.port()}, stream);
     } else {
         drop_connection(*stream);
+        co_await open_spare_for_next(tls, service.host(), service.port());
     }
+    if (auto lane = res[protocol::lane_header]; !lane.empty())
+        response.lane = parse_lane(lane);
 
     if (res.result() != http::status::ok)
         co_return std::pair{protocol::parse_error_body(res.body(), res.result_int()), response};
@@ -378,13 +460,17 @@ namespace {
 
 // The WebSocket handshake of a join, over a TLS connection to where.host:where.port.
 asio::awaitable<std::pair<failure, std::shared_ptr<wss_stream>>>
-join_stream(const std::shared_ptr<tls_stream>& stream, const wss_url& where, const std::string& authorization_token)
+join_stream(const std::shared_ptr<tls_stream>& stream, const spare_key& key, const wss_url& where,
+            const std::string& authorization_token)
 {
     auto ws = std::make_shared<wss_stream>(std::move(*stream));
     configure_stream_websocket(*ws, beast::role_type::client);
-    ws->set_option(websocket::stream_base::decorator([token = authorization_token](websocket::request_type& req) {
+    const bool ask_to_keep = warm_connections;
+    ws->set_option(websocket::stream_base::decorator([token = authorization_token, ask_to_keep](websocket::request_type& req) {
         req.set(http::field::authorization, "Bearer " + token);
         req.set(http::field::user_agent, "streamgate/0.1");
+        if (ask_to_keep)
+            req.set(protocol::reuse_header, "1");
     }));
     websocket::response_type res;
     auto [ec] = co_await ws->async_handshake(res, host_header(where.host, where.port), where.target, use_nothrow);
@@ -393,17 +479,70 @@ join_stream(const std::shared_ptr<tls_stream>& stream, const wss_url& where, con
             co_return std::pair{protocol::parse_error_body(res.body(), res.result_int()), nullptr};
         co_return std::pair{local_failure("cannot join the stream: " + ec.message()), nullptr};
     }
+    if (auto kept = res[protocol::reuse_header]; ask_to_keep && !kept.empty())
+        remember_keepable(*ws, key, parse_lane(kept));
     co_return std::pair{failure{}, ws};
+}
+
+// Joins on a WebSocket the relay kept from an earlier stream: one message there, one back. The
+// second of the pair says whether a new connection may still try (the kept one had gone);
+// false with a failure when the relay refused the join itself.
+asio::awaitable<std::pair<failure, bool>> join_kept(wss_stream& ws, const wss_url& where, const std::string& token)
+{
+    const std::string join = protocol::serialize(protocol::join_message{where.target, "Bearer " + token});
+    ws.text(true);
+    auto written = co_await ws.async_write(asio::buffer(join), use_nothrow);
+    ws.binary(true);
+    if (std::get<0>(written))
+        co_return std::pair{failure{}, true};
+    beast::flat_buffer buffer;
+    auto read = co_await ws.async_read(buffer, use_nothrow);
+    auto ec = std::get<0>(read);
+    if (ec == websocket::error::closed) {
+        auto code = ws.reason().code;
+        if (code == websocket::close_code::policy_error || code == websocket::close_code::protocol_error)
+            co_return std::pair{protocol::parse_close_reason(std::string(ws.reason().reason.data(), ws.reason().reason.size())), false};
+    }
+    if (ec)
+        co_return std::pair{failure{}, true};
+    if (!ws.got_text() || !protocol::is_joined_message(beast::buffers_to_string(buffer.data())))
+        co_return std::pair{local_failure("the relay answered a join with something else than \"joined\""), false};
+    co_return std::pair{failure{}, false};
 }
 
 } // namespace
 
+bool connection_kept(const wss_stream& ws)
+{
+    auto& pool = spares();
+    std::lock_guard lock(pool.mutex);
+    return pool.keepable.contains(&ws);
+}
+
+void stream_finished(const std::shared_ptr<wss_stream>& ws, bool clean)
+{
+    std::optional<std::pair<spare_key, int>> keep;
+    {
+        auto& pool = spares();
+        std::lock_guard lock(pool.mutex);
+        auto it = pool.keepable.find(ws.get());
+        if (it == pool.keepable.end())
+            return;
+        if (clean)
+            keep = std::move(it->second);
+        pool.keepable.erase(it);
+    }
+    if (keep && ws->is_open())
+        asio::co_spawn(ws->get_executor(), hold(spares().kept, std::move(keep->first), keep->second, ws), asio::detached);
+}
+
 asio::awaitable<std::pair<failure, std::shared_ptr<wss_stream>>>
-connect_stream(ssl::context& tls, std::string url, std::string authorization_token)
+connect_stream(ssl::context& tls, std::string url, std::string authorization_token, int lane)
 {
     stream_response response;
     response.url = std::move(url);
     response.authorization_token = std::move(authorization_token);
+    response.lane = lane;
     auto joined = co_await connect_stream(tls, response);
     co_return joined;
 }
@@ -419,8 +558,31 @@ connect_stream(ssl::context& tls, stream_response& response)
     }
     if (!parsed)
         co_return std::pair{local_failure("the relay answered an invalid streaming URL"), nullptr};
+    spare_key key{&tls, parsed->host, parsed->port};
+    while (warm_connections) {
+        auto taken = take_held(spares().kept, key, response.lane);
+        auto& kept = taken.first;
+        if (!kept)
+            break;
+        auto joined = co_await join_kept(*kept, *parsed, response.authorization_token);
+        auto& f = std::get<0>(joined);
+        if (!f && !std::get<1>(joined)) {
+            if (stream) // the POST's connection serves the next request
+                give_back(key, std::move(stream));
+            remember_keepable(*kept, key, taken.second);
+            co_return std::pair{failure{}, kept};
+        }
+        if (f) {
+            if (stream)
+                give_back(key, std::move(stream));
+            co_return std::pair{f, nullptr};
+        }
+        // That one had gone: the next kept one, or a new connection.
+    }
     if (stream) {
-        auto joined = co_await join_stream(stream, *parsed, response.authorization_token);
+        auto joined = co_await join_stream(stream, key, *parsed, response.authorization_token);
+        if (std::get<1>(joined))
+            co_await open_spare_for_next(tls, parsed->host, parsed->port);
         co_return joined;
     }
     for (int attempt = 0;; ++attempt) {
@@ -428,7 +590,7 @@ connect_stream(ssl::context& tls, stream_response& response)
         auto connected = co_await connect_for_stream(tls, parsed->host, parsed->port, was_spare);
         if (std::get<0>(connected))
             co_return std::pair{std::get<0>(connected), nullptr};
-        auto joined = co_await join_stream(std::get<1>(connected), *parsed, response.authorization_token);
+        auto joined = co_await join_stream(std::get<1>(connected), key, *parsed, response.authorization_token);
         if (std::get<1>(joined))
             co_await open_spare_for_next(tls, parsed->host, parsed->port);
         // A connection opened ahead that the relay closed meanwhile: once more on a new one.

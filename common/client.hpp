@@ -37,6 +37,7 @@ struct stream_response {
     std::shared_ptr<tls_stream> connection;
     std::string connection_host;
     std::uint16_t connection_port = 0;
+    int lane = -1; // the relay thread the stream runs on (x-streamgate-lane), -1 when not said
 };
 
 // The HTTP proxy every connection to the relay goes through (HTTP CONNECT), unless NO_PROXY says
@@ -50,6 +51,9 @@ const proxy_settings& current_proxy_settings();
 // connection to the relay, another one is opened (TCP and TLS handshake done) and kept for two
 // seconds, for the next stream. Idle processes open nothing. Process-wide, off until set (both
 // proxies turn it on unless --warm-connections false).
+// On, a stream's connection also asks the relay to keep it after a clean end of stream
+// (x-streamgate-reuse): it then waits two seconds for this process's next stream to the same
+// relay, which joins on it with one message instead of a new TCP and TLS handshake.
 void set_warm_connections(bool on);
 
 // Resolves host:port, or asio::error::timed_out when no answer came within timeout (a look-up
@@ -67,12 +71,22 @@ connect_tls(asio::ssl::context& tls, std::string host, std::uint16_t port, std::
 asio::awaitable<std::pair<failure, stream_response>>
 create_stream(asio::ssl::context& tls, const connection_string& service, stream_request request);
 
-// Joins a streaming endpoint; the stream is configured for raw bytes (pump with ws_end).
+// Joins a streaming endpoint; the stream is configured for raw bytes (pump with ws_end). A
+// connection the relay kept from an earlier stream (of the stream's lane, when known) is used
+// first.
 asio::awaitable<std::pair<failure, std::shared_ptr<wss_stream>>>
-connect_stream(asio::ssl::context& tls, std::string url, std::string authorization_token);
-// The service side's join: through response.connection when it can (it is taken), else anew.
+connect_stream(asio::ssl::context& tls, std::string url, std::string authorization_token, int lane = -1);
+// The service side's join: on a kept connection, else through response.connection when it can
+// (it is taken), else anew.
 asio::awaitable<std::pair<failure, std::shared_ptr<wss_stream>>>
 connect_stream(asio::ssl::context& tls, stream_response& response);
+
+// Whether the relay keeps this stream's connection after a clean end: pump it with
+// ws_end(ws, true), then call stream_finished.
+bool connection_kept(const wss_stream& ws);
+// After the pump: a kept connection whose stream ended cleanly waits for the next stream; any
+// other is forgotten (the pump closed it). Safe for every joined stream.
+void stream_finished(const std::shared_ptr<wss_stream>& ws, bool clean);
 
 struct incoming_stream_request {
     std::string request_id;
@@ -80,6 +94,7 @@ struct incoming_stream_request {
     std::string stream_id;
     std::string url;
     std::string authorization_token;
+    int lane = -1; // the relay thread the stream runs on, -1 when not said
 };
 
 class device_connection {

@@ -64,7 +64,7 @@ asio::awaitable<failure> device_connection::run(const std::function<void(incomin
             link_->close(websocket::close_reason(websocket::close_code::protocol_error, "invalid control message"));
             return;
         }
-        on_request(incoming_stream_request{m->request_id, m->stream_name, m->stream_id, m->url, m->authorization_token});
+        on_request(incoming_stream_request{m->request_id, m->stream_name, m->stream_id, m->url, m->authorization_token, m->lane});
     };
     auto ec = co_await link_->run(on_message);
     if (protocol_error)

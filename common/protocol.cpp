@@ -67,12 +67,15 @@ bool check_type(const json::object& o, std::string_view type, std::string& error
 
 std::string serialize(const stream_request_message& m)
 {
-    return json::serialize(json::object{{"type", "streamRequest"},
-                                        {"requestId", m.request_id},
-                                        {"streamName", m.stream_name},
-                                        {"streamId", m.stream_id},
-                                        {"url", m.url},
-                                        {"authorizationToken", m.authorization_token}});
+    json::object o{{"type", "streamRequest"},
+                   {"requestId", m.request_id},
+                   {"streamName", m.stream_name},
+                   {"streamId", m.stream_id},
+                   {"url", m.url},
+                   {"authorizationToken", m.authorization_token}};
+    if (m.lane >= 0)
+        o["lane"] = m.lane;
+    return json::serialize(o);
 }
 
 std::string serialize(const stream_response_message& m)
@@ -93,6 +96,10 @@ std::optional<stream_request_message> parse_stream_request(std::string_view text
         !get_string(*o, "streamId", m.stream_id, error) || !get_string(*o, "url", m.url, error) ||
         !get_string(*o, "authorizationToken", m.authorization_token, error))
         return std::nullopt;
+    // A hint only: a lane that is no small number is as good as none.
+    if (auto it = o->find("lane"); it != o->end() && it->value().is_int64() && it->value().as_int64() >= 0 &&
+                                   it->value().as_int64() < 4096)
+        m.lane = static_cast<int>(it->value().as_int64());
     return m;
 }
 
@@ -112,6 +119,34 @@ std::optional<stream_response_message> parse_stream_response(std::string_view te
     m.accepted = it->value().as_bool();
     m.reason = truncate_utf8(m.reason, 1024);
     return m;
+}
+
+std::string serialize(const join_message& m)
+{
+    return json::serialize(json::object{{"type", "join"}, {"path", m.path}, {"authorization", m.authorization}});
+}
+
+std::optional<join_message> parse_join(std::string_view text, std::string& error)
+{
+    auto o = parse_object(text, error);
+    if (!o || !check_type(*o, "join", error))
+        return std::nullopt;
+    join_message m;
+    if (!get_string(*o, "path", m.path, error) || !get_string(*o, "authorization", m.authorization, error))
+        return std::nullopt;
+    return m;
+}
+
+std::string joined_message(std::string_view stream_id)
+{
+    return json::serialize(json::object{{"type", "joined"}, {"streamId", stream_id}});
+}
+
+bool is_joined_message(std::string_view text)
+{
+    std::string error;
+    auto o = parse_object(text, error);
+    return o && check_type(*o, "joined", error);
 }
 
 std::string error_body(int code, std::string_view message)

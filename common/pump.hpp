@@ -310,9 +310,14 @@ private:
 };
 
 // A WebSocket carrying raw bytes in binary messages; an empty message is end of stream.
+// kept_open: after both directions ended cleanly the connection stays open for a next stream
+// (close() leaves it alone); a failure still closes it.
 class ws_end {
 public:
-    explicit ws_end(std::shared_ptr<wss_stream> ws) : shared_(std::make_shared<shared>(std::move(ws))) {}
+    explicit ws_end(std::shared_ptr<wss_stream> ws, bool kept_open = false)
+        : shared_(std::make_shared<shared>(std::move(ws))), kept_open_(kept_open)
+    {
+    }
     asio::any_io_executor executor() const { return shared_->ws->get_executor(); }
     wss_stream& stream() const { return *shared_->ws; }
 
@@ -331,6 +336,7 @@ private:
         std::atomic<bool> closing{false};
     };
     std::shared_ptr<shared> shared_;
+    bool kept_open_;
 };
 
 } // namespace sg

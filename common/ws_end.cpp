@@ -70,6 +70,8 @@ asio::awaitable<error_code> ws_end::write_eof()
 
 asio::awaitable<void> ws_end::close()
 {
+    if (kept_open_)
+        co_return;
     if (shared_->closing.exchange(true))
         co_return;
     co_await shared_->ws->async_close(websocket::close_code::normal, use_nothrow);

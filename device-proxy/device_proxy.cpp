@@ -142,7 +142,7 @@ asio::awaitable<void> serve_stream(std::shared_ptr<proxy_state> state, std::shar
     conn->accept(req);
     state->metrics.streams_accepted++;
 
-    auto joined = co_await client::connect_stream(*state->tls, req.url, req.authorization_token);
+    auto joined = co_await client::connect_stream(*state->tls, req.url, req.authorization_token, req.lane);
     auto& f = std::get<0>(joined);
     auto& ws = std::get<1>(joined);
     if (f) {
@@ -154,7 +154,8 @@ asio::awaitable<void> serve_stream(std::shared_ptr<proxy_state> state, std::shar
     log.info("stream={} streamId={} established to {}", req.stream_name, req.stream_id, describe(t));
     auto started = std::chrono::steady_clock::now();
     state->active_streams++;
-    auto result = co_await pump(tcp_end(socket), ws_end(ws), stream_chunk, &state->traffic);
+    auto result = co_await pump(tcp_end(socket), ws_end(ws, client::connection_kept(*ws)), stream_chunk, &state->traffic);
+    client::stream_finished(ws, !result.error);
     state->active_streams--;
     log.info("stream={} streamId={} closed: sent={} received={} durationS={:.3f} result={}", req.stream_name, req.stream_id,
              result.bytes_a_to_b, result.bytes_b_to_a,

@@ -11,6 +11,8 @@ namespace sg::relay {
 
 namespace {
 
+constexpr auto kept_connection_wait = std::chrono::seconds(5);
+
 const char* side_name(stream_side s) { return s == stream_side::service ? "service" : "device"; }
 
 // Finds the stream, checks the token against the side it belongs to and marks it used.
@@ -74,14 +76,34 @@ asio::awaitable<void> watch_idle(std::shared_ptr<pump_counters> counters, std::c
     }
 }
 
+// One side's connection to a stream.
+struct joined_side {
+    std::shared_ptr<wss_stream> ws;
+    bool kept = false; // negotiated: kept for the proxy's next join after a clean end
+    std::string peer;
+    bool on_kept = false; // joined on a connection kept from an earlier stream
+};
+
+const char* join_name(const joined_side& j) { return j.on_kept ? "kept" : "new"; }
+
+asio::awaitable<void> await_next_join(std::shared_ptr<relay_state> state, std::shared_ptr<wss_stream> ws,
+                                      std::string peer);
+
+// The sides are references to named objects of the awaiting frame: g++ 12 destroys a temporary
+// argument of a co_await'ed call twice.
 asio::awaitable<void> run_pair(std::shared_ptr<relay_state> state, std::shared_ptr<pending_stream> s,
-                               std::shared_ptr<wss_stream> service, std::shared_ptr<wss_stream> device)
+                               const joined_side& service_side, const joined_side& device_side)
 {
+    auto& service = service_side.ws;
+    auto& device = device_side.ws;
     auto started = std::chrono::steady_clock::now();
     auto setup_ms = std::chrono::duration<double, std::milli>(started - s->requested_at).count();
     state->active_streams++;
-    state->log->info("event=StreamEstablished device={} stream={} streamId={} setupMs={:.1f}", s->device_id,
-                     s->stream_name, s->stream_id, setup_ms);
+    // Two threads only when a kept connection of another lane joined (the proxy had none of this one).
+    state->log->info("event=StreamEstablished device={} stream={} streamId={} setupMs={:.1f} serviceJoin={} "
+                     "deviceJoin={} threads={}",
+                     s->device_id, s->stream_name, s->stream_id, setup_ms, join_name(service_side),
+                     join_name(device_side), service->get_executor() == device->get_executor() ? 1 : 2);
     auto counters = std::make_shared<pump_counters>();
     state->metrics.stream_started(s->stream_id, s->device_id, s->stream_name, started - s->requested_at, counters);
     auto done = std::make_shared<std::atomic<bool>>(false);
@@ -89,7 +111,8 @@ asio::awaitable<void> run_pair(std::shared_ptr<relay_state> state, std::shared_p
     if (state->options.idle_stream_timeout.count() > 0)
         asio::co_spawn(co_await asio::this_coro::executor,
                        watch_idle(counters, state->options.idle_stream_timeout, service, device, done, idle), asio::detached);
-    auto result = co_await pump(ws_end(service), ws_end(device), stream_chunk, counters.get());
+    auto result = co_await pump(ws_end(service, service_side.kept), ws_end(device, device_side.kept), stream_chunk,
+                                counters.get());
     *done = true;
     auto seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     state->metrics.stream_ended(s->stream_id);
@@ -100,6 +123,12 @@ asio::awaitable<void> run_pair(std::shared_ptr<relay_state> state, std::shared_p
                      "durationS={:.3f} result={}",
                      s->device_id, s->stream_name, s->stream_id, result.bytes_a_to_b, result.bytes_b_to_a, seconds,
                      *idle ? "idle timeout" : result.error ? result.error.message() : "ok");
+    // Both directions ended with their empty messages: nothing of this stream is left on either
+    // connection, so each may carry its proxy's next stream.
+    if (!result.error && !*idle)
+        for (auto* side : {&service_side, &device_side})
+            if (side->kept)
+                asio::co_spawn(side->ws->get_executor(), await_next_join(state, side->ws, side->peer), asio::detached);
 }
 
 // The rest of a join, on the stream's home thread.
@@ -146,23 +175,113 @@ asio::awaitable<void> serve_bridge(std::shared_ptr<relay_state> state, tls_strea
 
 namespace {
 
+// The side's connection waits for the other, or, second, runs the pump with both.
+asio::awaitable<void> pair_side(std::shared_ptr<relay_state> state, const joined_side& me,
+                                std::shared_ptr<pending_stream> s, stream_side side);
+
 asio::awaitable<void> join_side(std::shared_ptr<relay_state> state, tls_stream stream, request_type req, route r,
                                 std::string peer, std::shared_ptr<pending_stream> s, stream_side side)
 {
     auto ws = std::make_shared<wss_stream>(std::move(stream));
     configure_stream_websocket(*ws, beast::role_type::server);
+    auto here = co_await asio::this_coro::executor;
+    const bool kept = state->keeps_stream_connections() && req[protocol::reuse_header] == "1";
+    if (kept)
+        ws->set_option(websocket::stream_base::decorator([lane = state->lane_of(here)](websocket::response_type& res) {
+            res.set(protocol::reuse_header, std::to_string(lane));
+        }));
     auto [aec] = co_await ws->async_accept(req, use_nothrow);
     if (aec) {
         state->log->info("peer={} streamId={} side={} handshake failed: {}", peer, r.stream_id, side_name(side), aec.message());
         co_return;
     }
+    joined_side me{ws, kept, std::move(peer)};
+    co_await pair_side(state, me, std::move(s), side);
+}
 
+// Closes a kept connection whose next join is refused, saying why (the proxy then knows not to
+// try the token again on a new connection).
+asio::awaitable<void> refuse_join(std::shared_ptr<wss_stream> ws, int code, std::string why)
+{
+    auto reason = websocket::close_reason(code / 1000 == 401 ? websocket::close_code::policy_error
+                                                             : websocket::close_code::protocol_error,
+                                          protocol::close_reason_text(code, why));
+    co_await ws->async_close(reason, use_nothrow);
+}
+
+asio::awaitable<void> await_next_join(std::shared_ptr<relay_state> state, std::shared_ptr<wss_stream> ws, std::string peer)
+{
+    // The proxies keep a connection 2 s (client.cpp); the relay waits longer, so a join the proxy
+    // sends at the last moment still finds it open.
+    auto deadline = std::make_shared<asio::steady_timer>(ws->get_executor(), kept_connection_wait);
+    auto answered = std::make_shared<bool>(false); // both on this connection's thread
+    deadline->async_wait([ws, answered](const error_code& ec) {
+        if (!ec && !*answered)
+            ws->async_close(websocket::close_code::going_away, [ws](const error_code&) {});
+    });
+    ws->read_message_max(max_control_message);
+    beast::flat_buffer buffer;
+    auto read = co_await ws->async_read(buffer, use_nothrow);
+    *answered = true;
+    deadline->cancel();
+    auto ec = std::get<0>(read);
+    if (ec) {
+        state->log->debug("peer={} kept stream connection ended: {}", peer, ec.message());
+        co_return;
+    }
+    ws->read_message_max(max_stream_message);
+    std::string text = beast::buffers_to_string(buffer.data());
+    std::string error;
+    auto join = ws->got_text() ? protocol::parse_join(text, error) : std::nullopt;
+    if (!ws->got_text())
+        error = "expected a join message (text)";
+    route r;
+    if (join) {
+        r = match_route(join->path);
+        if (r.kind != route_kind::bridge) {
+            error = "malformed streaming endpoint in join";
+            join.reset();
+        }
+    }
+    if (!join) {
+        state->log->warn("event=BadRequest peer={} endpoint=bridge reason=\"{}\"", peer, error);
+        co_await refuse_join(ws, codes::bad_request, error);
+        co_return;
+    }
+    std::shared_ptr<pending_stream> s;
+    stream_side side{};
+    asio::any_io_executor home;
+    if (auto f = claim_side(*state, r, join->authorization, s, side, ws->get_executor(), home)) {
+        state->log->warn("event=AuthFailed peer={} device={} endpoint=bridge streamId={} code={} reason=\"{}\"", peer,
+                         r.device_id, r.stream_id, f.code, f.message);
+        state->metrics.auth_failed(auth_endpoint::bridge, f);
+        co_await refuse_join(ws, f.code, f.message);
+        co_return;
+    }
+    const std::string joined = protocol::joined_message(r.stream_id);
+    ws->text(true);
+    auto confirmed = co_await ws->async_write(asio::buffer(joined), use_nothrow);
+    ws->binary(true);
+    if (std::get<0>(confirmed)) {
+        // Gone between its join and the answer: the stream waits for a side that will not come.
+        std::lock_guard lock(state->streams_mutex);
+        s->abandon(failure{codes::gateway_timeout, std::string(side_name(side)) + " side left as it joined"});
+        co_return;
+    }
+    joined_side me{ws, true, std::move(peer), true};
+    co_await pair_side(state, me, std::move(s), side);
+}
+
+asio::awaitable<void> pair_side(std::shared_ptr<relay_state> state, const joined_side& me,
+                                std::shared_ptr<pending_stream> s, stream_side side)
+{
+    auto& ws = me.ws;
     auto timer = std::make_shared<asio::steady_timer>(co_await asio::this_coro::executor);
-    std::shared_ptr<wss_stream> other;
+    joined_side other;
     {
         std::lock_guard lock(state->streams_mutex);
         if (s->waiting) {
-            other = std::move(s->waiting);
+            other = joined_side{std::move(s->waiting), s->waiting_kept, std::move(s->waiting_peer), s->waiting_on_kept};
             state->streams.erase(s->stream_id);
             s->wake_waiting_side();
             s->waiting_timer.reset();
@@ -170,14 +289,17 @@ asio::awaitable<void> join_side(std::shared_ptr<relay_state> state, tls_stream s
             s->waiting = ws;
             s->waiting_side = side;
             s->waiting_timer = timer;
+            s->waiting_kept = me.kept;
+            s->waiting_peer = me.peer;
+            s->waiting_on_kept = me.on_kept;
             timer->expires_at(s->expires_at);
         }
     }
-    if (other) {
+    if (other.ws) {
         if (side == stream_side::service)
-            co_await run_pair(state, s, ws, other);
+            co_await run_pair(state, s, me, other);
         else
-            co_await run_pair(state, s, other, ws);
+            co_await run_pair(state, s, other, me);
         co_return;
     }
 

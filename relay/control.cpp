@@ -191,6 +191,14 @@ void relay_state::revalidate_devices(const std::string& device_id)
     }
 }
 
+int relay_state::lane_of(const asio::any_io_executor& ex) const
+{
+    for (std::size_t i = 0; i < lanes.size(); ++i)
+        if (lanes[i] == ex)
+            return static_cast<int>(i);
+    return -1;
+}
+
 void pending_stream::wake_waiting_side()
 {
     if (waiting_timer)
@@ -441,6 +449,10 @@ asio::awaitable<http::response<http::string_body>> offer_stream(std::shared_ptr<
     pending->device_token = random_token();
     pending->requested_at = std::chrono::steady_clock::now();
     pending->expires_at = pending->requested_at + response_timeout + connect_timeout;
+    if (state->keeps_stream_connections()) {
+        pending->home = co_await asio::this_coro::executor;
+        pending->lane = state->lane_of(pending->home);
+    }
     std::string url = state->stream_url_base + "/bridges/" + state->hub_name + "/" + url_encode(r.device_id) + "/" +
                       pending->stream_id;
     {
@@ -451,7 +463,7 @@ asio::awaitable<http::response<http::string_body>> offer_stream(std::shared_ptr<
 
     auto waiter = std::make_shared<pending_answer>(co_await asio::this_coro::executor);
     protocol::stream_request_message m{to_lower(hex_upper(random_bytes(8))), r.stream_name, pending->stream_id, url,
-                                       pending->device_token};
+                                       pending->device_token, pending->lane};
     waiter->timer->expires_after(response_timeout);
     channel->send_request(m, waiter);
     bool answered = false;
@@ -502,6 +514,8 @@ asio::awaitable<http::response<http::string_body>> offer_stream(std::shared_ptr<
         res.set("iothub-streaming-is-accepted", "True");
         res.set("iothub-streaming-url", url);
         res.set("iothub-streaming-auth-token", pending->service_token);
+        if (pending->lane >= 0)
+            res.set(protocol::lane_header, std::to_string(pending->lane));
         body["uri"] = url;
         body["authorizationToken"] = pending->service_token;
         state->log->info("event=StreamAccepted device={} stream={} streamId={}", r.device_id, r.stream_name,

@@ -5,6 +5,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <vector>
 #include <spdlog/logger.h>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ssl/context.hpp>
@@ -102,9 +103,14 @@ struct pending_stream {
     std::shared_ptr<wss_stream> waiting;
     stream_side waiting_side = stream_side::service;
     std::shared_ptr<asio::steady_timer> waiting_timer;
-    // Where the side that claimed its token first runs: the other side moves there, so both
-    // connections of the stream share one thread.
+    bool waiting_kept = false;    // the waiting side's connection is kept for a next stream after this one
+    bool waiting_on_kept = false; // it joined on a connection kept from an earlier stream
+    std::string waiting_peer;
+    // Where the stream runs: the POST's thread (its lane), else (a cluster node's stream) the side
+    // that claimed its token first. A side's new connection moves there, so both connections of
+    // the stream share one thread; a kept connection cannot move, and proxies pick one of this lane.
     asio::any_io_executor home;
+    int lane = -1;
     std::shared_ptr<stream_slot> slot; // the stream's place under the limits, released with it
     // Why the stream can no longer pair, once it cannot (the device left before joining, or its
     // request was rejected, timed out or lost after one side joined early): the waiting side is
@@ -154,6 +160,12 @@ struct relay_state {
     std::atomic<bool> ready{false}; // registry open and the main listener accepting
     std::string stream_url_base;    // wss://host:port that streaming URLs name (--public-url)
     std::shared_ptr<cluster_node> cluster; // cluster mode (--cluster-listen), else null
+    // The threads connections run on (one io_context each); a lane is an index here.
+    std::vector<asio::any_io_executor> lanes;
+    int lane_of(const asio::any_io_executor& ex) const;
+    // Whether a stream's connection is kept for the proxy's next join after a clean end (not in
+    // cluster mode: a connection forwarded to another node carries only that node's streams).
+    bool keeps_stream_connections() const { return !cluster && options.keep_stream_connections; }
 
     std::shared_ptr<control_channel> find_device(const std::string& id);
     void expire_streams(); // drops streams nobody joined in time

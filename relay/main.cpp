@@ -66,6 +66,10 @@ int main(int argc, char** argv)
     int idle_stream = 0;
     app.add_option("--idle-stream-timeout", idle_stream, "Close a stream that moved no byte for this many seconds (0 = never)")
         ->capture_default_str();
+    app.add_option("--keep-stream-connections", options.keep_stream_connections,
+                   "Keep a proxy's stream connection after a cleanly ended stream for its next one (no TLS "
+                   "handshake per stream; ignored in cluster mode)")
+        ->capture_default_str();
     int ping_interval = 20;
     app.add_option("--ping-interval", ping_interval,
                    "Seconds of silence before a WebSocket peer is pinged; dead after two intervals")->capture_default_str();

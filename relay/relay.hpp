@@ -28,6 +28,7 @@ struct relay_options {
     std::size_t max_control_message = 16 * 1024; // control-connection JSON message
     std::vector<std::string> ip_filter;           // ordered "accept|reject CIDR" rules
     std::chrono::seconds idle_stream_timeout{0};  // close streams with no bytes either way; 0 = never
+    bool keep_stream_connections = true;          // a proxy's stream connection may carry its next stream
     std::string mqtt_listen;                      // MQTT over TLS for IoT Hub device code; "" or "off" = none
     std::string admin_listen = "127.0.0.1:9464";  // metrics, health, status page; "" or "off" = none
     bool admin_listen_required = false;           // set explicitly: failing to bind it is fatal

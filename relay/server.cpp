@@ -541,6 +541,8 @@ int run_relay(const relay_options& options)
     state->host_name = public_host_name(options.host_name, listen.host, port);
     state->reg->set_setting("host_name", state->host_name);
     state->stream_url_base = stream_url_base(options.public_url, state->host_name);
+    for (std::size_t i = 0; i < pool.size(); ++i)
+        state->lanes.push_back(pool.context(i).get_executor());
     // Cluster mode: joined before the port opens, so the first device's presence is written.
     // The other nodes' devices are theirs to mark connected or not.
     if (!options.cluster_listen.empty())

@@ -108,7 +108,8 @@ asio::awaitable<void> serve_local(std::shared_ptr<proxy_state> state, std::share
     }
     state->log->info("Starting streaming for {}:{}", peer.address().to_string(), peer.port());
     state->active_streams++;
-    auto result = co_await pump(tcp_end(local), ws_end(ws));
+    auto result = co_await pump(tcp_end(local), ws_end(ws, client::connection_kept(*ws)));
+    client::stream_finished(ws, !result.error);
     state->active_streams--;
     state->log->info("Done streaming for {}:{}: sent={} received={} result={}", peer.address().to_string(), peer.port(),
                      result.bytes_a_to_b, result.bytes_b_to_a, result.error ? result.error.message() : "ok");
@@ -144,6 +145,7 @@ asio::awaitable<void> serve_stdio(std::shared_ptr<proxy_state> state)
     }
     state->active_streams++;
     auto result = co_await pump(stdio_end(ws->get_executor()), ws_end(ws));
+    client::stream_finished(ws, false); // the only stream: closed at its end
     state->active_streams--;
     if (result.error && !is_benign(result.error)) {
         state->log->error("stream to {} ended: {}", state->opts.device_id, result.error.message());

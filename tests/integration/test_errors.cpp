@@ -295,3 +295,101 @@ TEST_CASE("errors: a second control connection whose WebSocket handshake fails l
     CHECK(w.at("post").get("h.iothub-streaming-is-accepted") == "False");
     CHECK(contains(relay.relay().stderr_text(), "control handshake failed"));
 }
+
+TEST_CASE("errors: on a stream connection kept for the next stream, a good join carries it, a wrong token or "
+          "a malformed join closes it with the code, an idle one is closed after 5 s, and the relay serves on",
+          "[integration][errors][kept]") {
+    relay_fixture relay;
+    const auto [device, service] = register_scripted_device(relay, "kept");
+    const std::string keep = std::string("x-streamgate-reuse: 1");
+    const std::string post_headers_1 = "iothub-streaming-response-timeout-in-seconds: 10";
+    auto post = [&](const std::string& label) {
+        return step({{"op", "request"}, {"label", label}, {"conn", "svc"}, {"method", "POST"},
+                     {"path", "/twins/kept/streams/s"},
+                     {"headers", std::vector<std::string>{service, post_headers_1}}, {"read", false}});
+    };
+    auto accept = [&](const std::string& request) {
+        return step({{"op", "ws_send"}, {"label", "answer-" + request}, {"conn", "dev"}, {"type", "text"},
+                     {"data", R"({"type":"streamResponse","requestId":"${)" + request + R"(.j.requestId}","accepted":true})"}});
+    };
+    auto send = [&](const std::string& conn, const std::string& label, const std::string& data,
+                    const std::string& type = "binary") {
+        return step({{"op", "ws_send"}, {"label", label}, {"conn", conn}, {"type", type}, {"data", data}});
+    };
+    auto recv = [&](const std::string& conn, const std::string& label, int timeout = 10) {
+        return step({{"op", "ws_recv"}, {"label", label}, {"conn", conn}, {"timeout", timeout}});
+    };
+    wire_result w = wire_script(relay, {
+        step({{"op", "connect"}, {"conn", "dev"}}),
+        step({{"op", "upgrade"}, {"label", "control"}, {"conn", "dev"}, {"path", "/devices/kept/streams"},
+              {"headers", std::vector<std::string>{device}}}),
+        wait_connected_step(relay, "kept"),
+        // Stream 1 on new connections, both asking to be kept.
+        step({{"op", "connect"}, {"conn", "svc"}}),
+        post("post1"),
+        recv("dev", "request1"),
+        step({{"op", "connect"}, {"conn", "dj"}}),
+        step({{"op", "upgrade"}, {"label", "dj-upgrade"}, {"conn", "dj"}, {"path", "${request1.url.path}"},
+              {"headers", std::vector<std::string>{"Authorization: Bearer ${request1.j.authorizationToken}", keep}}}),
+        accept("request1"),
+        step({{"op", "read_response"}, {"label", "post1"}, {"conn", "svc"}}),
+        step({{"op", "connect"}, {"conn", "sj"}}),
+        step({{"op", "upgrade"}, {"label", "sj-upgrade"}, {"conn", "sj"}, {"path", "${post1.url.path}"},
+              {"headers", std::vector<std::string>{"Authorization: Bearer ${post1.h.iothub-streaming-auth-token}", keep}}}),
+        send("sj", "s1-data", "one"), recv("dj", "d1-data"),
+        send("dj", "d1-eof", ""), recv("sj", "s1-eof"),
+        send("sj", "s1-eof-sent", ""), recv("dj", "d1-eof-got"),
+        // Stream 2: the device joins on its kept connection, the service tries with a wrong token.
+        post("post2"),
+        recv("dev", "request2"),
+        send("dj", "dj-join",
+             R"({"type":"join","path":"${request2.url.path}","authorization":"Bearer ${request2.j.authorizationToken}"})",
+             "text"),
+        recv("dj", "dj-joined"),
+        accept("request2"),
+        step({{"op", "read_response"}, {"label", "post2"}, {"conn", "svc"}}),
+        send("sj", "sj-join", R"({"type":"join","path":"${post2.url.path}","authorization":"Bearer wrong"})", "text"),
+        recv("sj", "sj-refused"),
+        // The service's token is still good on a new connection, paired with the device's kept one.
+        step({{"op", "connect"}, {"conn", "sj2"}}),
+        step({{"op", "upgrade"}, {"label", "sj2-upgrade"}, {"conn", "sj2"}, {"path", "${post2.url.path}"},
+              {"headers", std::vector<std::string>{"Authorization: Bearer ${post2.h.iothub-streaming-auth-token}", keep}}}),
+        send("sj2", "s2-data", "two"), recv("dj", "d2-data"),
+        send("dj", "d2-back", "owt"), recv("sj2", "s2-back"),
+        send("sj2", "s2-eof", ""), recv("dj", "d2-eof"),
+        send("dj", "d2-eof-sent", ""), recv("sj2", "s2-eof-got"),
+        // Both kept again: garbage on one, silence on the other.
+        send("dj", "dj-garbage", "not json", "text"), recv("dj", "dj-refused"),
+        recv("sj2", "sj2-idle", 9),
+        // The device's control connection still serves streams.
+        post("post3"), recv("dev", "request3"),
+    }, 60s);
+    INFO(w.describe());
+    CHECK(w.at("dj-upgrade").status() == 101);
+    // Both sides were moved to the stream's thread, the one its POST ran on.
+    const std::string lane = w.at("post1").get("h.x-streamgate-lane");
+    CHECK_FALSE(lane.empty());
+    CHECK(w.at("dj-upgrade").get("h.x-streamgate-reuse") == lane);
+    CHECK(w.at("sj-upgrade").get("h.x-streamgate-reuse") == lane);
+    CHECK(w.at("d1-data").get("data_hex") == "6f6e65");
+    CHECK(w.at("s1-eof").get("size") == "0");
+    CHECK(w.at("d1-eof-got").get("size") == "0");
+    CHECK(w.at("dj-joined").get("opcode") == "text");
+    CHECK(w.at("dj-joined").get("j.type") == "joined");
+    CHECK(w.at("post2").status() == 200);
+    CHECK(w.at("sj-refused").event() == "close");
+    CHECK(w.at("sj-refused").get("code") == "1008");
+    CHECK(contains(w.at("sj-refused").get("reason"), "401"));
+    CHECK(w.at("sj2-upgrade").status() == 101);
+    CHECK(w.at("d2-data").get("data_hex") == "74776f");
+    CHECK(w.at("s2-back").get("data_hex") == "6f7774");
+    CHECK(w.at("s2-eof-got").get("size") == "0");
+    CHECK(w.at("dj-refused").get("code") == "1002");
+    CHECK(contains(w.at("dj-refused").get("reason"), "400000"));
+    CHECK(w.at("sj2-idle").event() == "close");
+    CHECK(w.at("sj2-idle").get("code") == "1001");
+    CHECK(w.at("request3").event() == "message");
+    const std::string log = relay.relay().stderr_text();
+    CHECK(contains(log, "serviceJoin=new deviceJoin=kept"));
+    CHECK(contains(log, "endpoint=bridge"));
+}

@@ -195,35 +195,96 @@ TEST_CASE("streams: the service proxy joins through its request's connection and
     CHECK(count_of(log, "event=StreamEstablished") == streams);
 }
 
-TEST_CASE("streams: each proxy keeps one resumed connection opened ahead for the next stream of a burst",
+TEST_CASE("streams: after the first stream of a burst each proxy joins the next on the connection its last one "
+          "ended on, without a TLS handshake",
           "[integration][streams]") {
     echo_server target;
-    tunnel_fixture tunnel({.target_port = target.port(), .relay_args = {"--verbose"}});
+    // One relay thread: which connection a proxy may take does not depend on the kernel's choice
+    // of thread for a new connection (the next test has two).
+    tunnel_fixture tunnel({.target_port = target.port(), .relay_args = {"--verbose", "--threads", "1"}});
     constexpr int streams = 4;
     for (int i = 0; i < streams; ++i) {
-        unique_fd stream = open_echo_stream(tunnel.local_port);
-        std::this_thread::sleep_for(std::chrono::milliseconds(300)); // the spares are open by then
+        const bytes data = random_bytes(64 * 1024 + i);
+        unique_fd conn = connect_tcp(tunnel.local_port);
+        transfer_result r = transfer(conn.get(), data, {.receive_exactly = data.size()});
+        INFO("stream " << i << ": " << r.error);
+        CHECK(r.ok());
+        CHECK(r.received_sha256 == sha256_hex(data));
+        conn.reset();
+        wait_until([&] { return target.connections_open() == 0; }, k_connect_timeout);
+        std::this_thread::sleep_for(std::chrono::milliseconds(300)); // well inside the 2 s they are kept
     }
     const std::string log = tunnel.relay.relay().stderr_text();
     INFO(tail(log, 4000));
-    // As above, plus the one spare each proxy holds now; every stream after the first took the
-    // spare of the one before (else there would be more connections, or a missing spare).
-    CHECK(count_of(log, " resumed=") == 3 + 2 * streams);
-    CHECK(count_of(log, " resumed=true") == 1 + 2 * streams);
+    // The device's control connection; the first stream's POST (the service joins through it)
+    // and the device's join; the spare each proxy opens after its first join. Nothing after:
+    // each later stream's POST goes on the service proxy's spare (given back after each), and
+    // both sides join on their connections of the stream before.
+    CHECK(count_of(log, " resumed=") == 5);
+    CHECK(count_of(log, " resumed=false") == 2);
     CHECK(count_of(log, "event=StreamEstablished") == streams);
-    // An unused spare is closed after two seconds without a word in the relay's log.
+    CHECK(count_of(log, "serviceJoin=new deviceJoin=new threads=1") == 1);
+    CHECK(count_of(log, "serviceJoin=kept deviceJoin=kept threads=1") == streams - 1);
+    // Connections a proxy no longer needs are closed after two seconds without a word in the
+    // relay's log (the relay gives a kept one five).
     std::this_thread::sleep_for(std::chrono::milliseconds(2500));
     const std::string later = tunnel.relay.relay().stderr_text();
-    CHECK(count_of(later, " resumed=") == 3 + 2 * streams);
+    CHECK(count_of(later, " resumed=") == 5);
     CHECK(count_of(later, "event=BadRequest") == 0);
-    // The closed spares took no session with them: the next stream's connections resume (the
-    // cached session is copied for each connection; one closed without close_notify made
-    // OpenSSL mark the object it used not resumable, and cost the next one a full handshake).
+    CHECK(count_of(later, "kept stream connection ended") == 2);
+    // Then the next stream starts afresh, and its connections resume the sessions (the cached
+    // session is copied for each connection; one closed without close_notify made OpenSSL mark
+    // the object it used not resumable, and cost the next one a full handshake).
     unique_fd next = open_echo_stream(tunnel.local_port);
     next.reset();
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
     const std::string after = tunnel.relay.relay().stderr_text();
     INFO(tail(after, 2000));
     CHECK(count_of(after, " resumed=false") == 2);
-    CHECK(count_of(after, " resumed=true") >= 1 + 2 * streams + 2);
+    CHECK(count_of(after, "serviceJoin=new deviceJoin=new") == 2);
+    CHECK(tunnel.device_proxy->running());
+    CHECK(tunnel.service_proxy->running());
+}
+
+TEST_CASE("streams: with two relay threads, 8 clients' streams join on kept connections of their own thread",
+          "[integration][streams]") {
+    echo_server target;
+    tunnel_fixture tunnel({.target_port = target.port(),
+                           .relay_args = {"--verbose", "--threads", "2", "--device-stream-rate", "100000",
+                                          "--device-stream-burst", "100000"}});
+    constexpr int clients = 8, per_client = 25;
+    std::vector<std::string> errors(clients);
+    std::vector<std::thread> threads;
+    for (int c = 0; c < clients; ++c)
+        threads.emplace_back([&, c] {
+            for (int i = 0; i < per_client && errors[c].empty(); ++i) {
+                const bytes data = random_bytes(1000 + 97 * i);
+                unique_fd conn = connect_tcp(tunnel.local_port);
+                transfer_result r = transfer(conn.get(), data, {.receive_exactly = data.size()});
+                if (!r.ok() || r.received_sha256 != sha256_hex(data))
+                    errors[c] = "stream " + std::to_string(i) + ": " + (r.ok() ? "wrong bytes" : r.error);
+            }
+        });
+    for (auto& t : threads) t.join();
+    for (int c = 0; c < clients; ++c) {
+        INFO("client " << c << ": " << errors[c]);
+        CHECK(errors[c].empty());
+    }
+    const bool all = wait_until([&] {
+        return count_of(tunnel.relay.relay().stderr_text(), "event=StreamClosed") >= clients * per_client;
+    }, k_connect_timeout);
+    CHECK(all);
+    const std::string log = tunnel.relay.relay().stderr_text();
+    INFO(tail(log, 3000));
+    const std::size_t established = count_of(log, "event=StreamEstablished");
+    const std::size_t both_kept = count_of(log, "serviceJoin=kept deviceJoin=kept");
+    CHECK(established == clients * per_client);
+    // Every stream runs on one thread, kept connections or not (a proxy takes only a kept
+    // connection of the stream's lane).
+    CHECK(count_of(log, " threads=2") == 0);
+    // Most streams need no new connection: per lane, a proxy soon holds as many kept ones as
+    // streams run at once.
+    CHECK(both_kept * 4 >= established * 3);
+    CHECK(count_of(log, " resumed=") < established / 2);
+    CHECK(count_of(log, "event=StreamClosed") == count_of(log, "result=ok"));
 }
