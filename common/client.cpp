@@ -279,6 +279,28 @@ asio::awaitable<void> open_spare_for_next(ssl::context& tls, const std::string& 
     asio::co_spawn(ex, keep_spare(tls, spare_key{&tls, host, port}), asio::detached);
 }
 
+// The service's SAS token for stream requests: signed once an hour (valid for one), not per
+// stream; a token is renewed while it still has ten minutes.
+std::string service_token(const connection_string& service)
+{
+    struct cached {
+        std::string host, key, key_name, token;
+        std::int64_t expiry = 0;
+    };
+    static std::mutex mutex;
+    static cached last;
+    const std::int64_t now = unix_now();
+    std::lock_guard lock(mutex);
+    if (last.expiry - now < 600 || last.host != service.host_name || last.key != service.shared_access_key ||
+        last.key_name != service.shared_access_key_name) {
+        last = cached{service.host_name, service.shared_access_key, service.shared_access_key_name,
+                      make_sas_token(service.host_name, service.shared_access_key, service.shared_access_key_name,
+                                     now + 3600),
+                      now + 3600};
+    }
+    return last.token;
+}
+
 } // namespace
 
 void set_warm_connections(bool on) { warm_connections = on; }
@@ -384,9 +406,7 @@ create_stream(ssl::context& tls, const connection_string& service, stream_reques
                                         11};
     req.set(http::field::host, host_header(service.host(), service.port()));
     req.set(http::field::user_agent, "streamgate/0.1");
-    req.set(http::field::authorization,
-            make_sas_token(service.host_name, service.shared_access_key, service.shared_access_key_name,
-                           unix_now() + 3600));
+    req.set(http::field::authorization, service_token(service));
     req.set("iothub-streaming-connect-timeout-in-seconds", std::to_string(request.connect_timeout.count()));
     req.set("iothub-streaming-response-timeout-in-seconds", std::to_string(request.response_timeout.count()));
     req.content_length(0);
@@ -487,9 +507,11 @@ join_stream(const std::shared_ptr<tls_stream>& stream, const spare_key& key, con
 // Joins on a WebSocket the relay kept from an earlier stream: one message there, one back. The
 // second of the pair says whether a new connection may still try (the kept one had gone);
 // false with a failure when the relay refused the join itself.
-asio::awaitable<std::pair<failure, bool>> join_kept(wss_stream& ws, const wss_url& where, const std::string& token)
+asio::awaitable<std::pair<failure, bool>> join_kept(wss_stream& ws, const wss_url& where, const std::string& token,
+                                                    const std::string& accept_request_id = {})
 {
-    const std::string join = protocol::serialize(protocol::join_message{where.target, "Bearer " + token});
+    const std::string join =
+        protocol::serialize(protocol::join_message{where.target, "Bearer " + token, accept_request_id});
     ws.text(true);
     auto written = co_await ws.async_write(asio::buffer(join), use_nothrow);
     ws.binary(true);
@@ -511,6 +533,120 @@ asio::awaitable<std::pair<failure, bool>> join_kept(wss_stream& ws, const wss_ur
 }
 
 } // namespace
+
+namespace {
+
+// The "open" on a kept connection. The second of the pair says whether the caller may still
+// make the stream with a POST (the kept connection had gone before an answer).
+asio::awaitable<std::pair<opened_stream, bool>> open_on_kept(wss_stream& ws, const connection_string& service,
+                                                               const stream_request& request)
+{
+    opened_stream out;
+    out.response.stream_name = request.stream_name;
+    protocol::open_message m{request.device_id, request.stream_name, service_token(service),
+                             static_cast<int>(request.connect_timeout.count()),
+                             static_cast<int>(request.response_timeout.count())};
+    const std::string text = protocol::serialize(m);
+    ws.text(true);
+    auto written = co_await ws.async_write(asio::buffer(text), use_nothrow);
+    ws.binary(true);
+    if (std::get<0>(written))
+        co_return std::pair{out, true};
+    // The answer comes when the device's does, which may take the whole response timeout: no
+    // pings meanwhile (the relay reads none while it waits), one deadline instead.
+    websocket::stream_base::timeout usual{};
+    ws.get_option(usual);
+    websocket::stream_base::timeout waiting = usual;
+    waiting.idle_timeout = request.response_timeout + std::chrono::seconds(10);
+    waiting.keep_alive_pings = false;
+    ws.set_option(waiting);
+    beast::flat_buffer buffer;
+    auto read = co_await ws.async_read(buffer, use_nothrow);
+    ws.set_option(usual);
+    auto ec = std::get<0>(read);
+    if (ec == websocket::error::closed) {
+        auto code = ws.reason().code;
+        if (code == websocket::close_code::policy_error || code == websocket::close_code::protocol_error) {
+            out.error = protocol::parse_close_reason(std::string(ws.reason().reason.data(), ws.reason().reason.size()));
+            co_return std::pair{out, false};
+        }
+    }
+    if (ec)
+        co_return std::pair{out, true};
+    auto answer = ws.got_text() ? protocol::parse_open_answer(beast::buffers_to_string(buffer.data())) : std::nullopt;
+    if (!answer)
+        out.error = local_failure("the relay answered an open with something else than joined, rejected or error");
+    else if (answer->joined)
+        out.response.accepted = true;
+    else if (answer->rejected)
+        out.response.reason = answer->reason;
+    else
+        out.error = answer->error;
+    co_return std::pair{out, false};
+}
+
+} // namespace
+
+asio::awaitable<opened_stream> open_stream(ssl::context& tls, const connection_string& service, stream_request request)
+{
+    spare_key key{&tls, service.host(), service.port()};
+    while (warm_connections) {
+        auto taken = take_held(spares().kept, key, -1);
+        std::shared_ptr<wss_stream> kept = taken.first;
+        if (!kept)
+            break;
+        auto tried = co_await open_on_kept(*kept, service, request);
+        if (std::get<1>(tried))
+            continue; // that one had gone: the next kept one, or a POST
+        opened_stream opened = std::move(std::get<0>(tried));
+        if (opened.response.accepted) {
+            remember_keepable(*kept, key, taken.second);
+            opened.ws = kept;
+        } else if (kept->is_open()) { // answered, and still kept for the next stream
+            asio::co_spawn(kept->get_executor(), hold(spares().kept, key, taken.second, kept), asio::detached);
+        }
+        co_return opened;
+    }
+    opened_stream opened;
+    auto created = co_await create_stream(tls, service, request);
+    opened.error = std::get<0>(created);
+    opened.response = std::move(std::get<1>(created));
+    if (opened.error || !opened.response.accepted)
+        co_return opened;
+    auto joined = co_await connect_stream(tls, opened.response);
+    opened.error = std::get<0>(joined);
+    opened.ws = std::get<1>(joined);
+    co_return opened;
+}
+
+asio::awaitable<std::pair<failure, std::shared_ptr<wss_stream>>>
+accept_stream(ssl::context& tls, device_connection& connection, const incoming_stream_request& request)
+{
+    auto parsed = parse_wss_url(request.url);
+    if (parsed && warm_connections) {
+        spare_key key{&tls, parsed->host, parsed->port};
+        for (;;) {
+            auto taken = take_held(spares().kept, key, request.lane);
+            std::shared_ptr<wss_stream> kept = taken.first;
+            if (!kept)
+                break;
+            auto joined = co_await join_kept(*kept, *parsed, request.authorization_token, request.request_id);
+            auto& f = std::get<0>(joined);
+            if (!f && !std::get<1>(joined)) {
+                remember_keepable(*kept, key, taken.second);
+                co_return std::pair{failure{}, kept};
+            }
+            if (f) {
+                connection.reject(request, "the relay refused the join: " + f.describe());
+                co_return std::pair{f, nullptr};
+            }
+            // That one had gone (its answer with it): the next kept one, or the usual way.
+        }
+    }
+    connection.accept(request);
+    auto joined = co_await connect_stream(tls, request.url, request.authorization_token, request.lane);
+    co_return joined;
+}
 
 bool connection_kept(const wss_stream& ws)
 {

@@ -81,6 +81,18 @@ connect_stream(asio::ssl::context& tls, std::string url, std::string authorizati
 asio::awaitable<std::pair<failure, std::shared_ptr<wss_stream>>>
 connect_stream(asio::ssl::context& tls, stream_response& response);
 
+// The service side's whole stream set-up: on a kept connection, one "open" message that the
+// relay answers once the device did (the request and the join in one round trip); else
+// create_stream, then connect_stream. ws is set when the stream was accepted and joined;
+// a device's rejection is no failure (response.accepted false, response.reason).
+struct opened_stream {
+    failure error;
+    stream_response response;
+    std::shared_ptr<wss_stream> ws;
+};
+asio::awaitable<opened_stream> open_stream(asio::ssl::context& tls, const connection_string& service,
+                                           stream_request request);
+
 // Whether the relay keeps this stream's connection after a clean end: pump it with
 // ws_end(ws, true), then call stream_finished.
 bool connection_kept(const wss_stream& ws);
@@ -126,5 +138,10 @@ public:
 private:
     std::shared_ptr<control_link> link_;
 };
+
+// The device side's answer and join: on a kept connection of the stream's lane, one join message
+// that also accepts the request; else accept() on the control connection, then connect_stream.
+asio::awaitable<std::pair<failure, std::shared_ptr<wss_stream>>>
+accept_stream(asio::ssl::context& tls, device_connection& connection, const incoming_stream_request& request);
 
 } // namespace sg::client

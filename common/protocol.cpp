@@ -123,7 +123,10 @@ std::optional<stream_response_message> parse_stream_response(std::string_view te
 
 std::string serialize(const join_message& m)
 {
-    return json::serialize(json::object{{"type", "join"}, {"path", m.path}, {"authorization", m.authorization}});
+    json::object o{{"type", "join"}, {"path", m.path}, {"authorization", m.authorization}};
+    if (!m.accept_request_id.empty())
+        o["accept"] = m.accept_request_id;
+    return json::serialize(o);
 }
 
 std::optional<join_message> parse_join(std::string_view text, std::string& error)
@@ -132,7 +135,8 @@ std::optional<join_message> parse_join(std::string_view text, std::string& error
     if (!o || !check_type(*o, "join", error))
         return std::nullopt;
     join_message m;
-    if (!get_string(*o, "path", m.path, error) || !get_string(*o, "authorization", m.authorization, error))
+    if (!get_string(*o, "path", m.path, error) || !get_string(*o, "authorization", m.authorization, error) ||
+        !get_string(*o, "accept", m.accept_request_id, error, false))
         return std::nullopt;
     return m;
 }
@@ -147,6 +151,83 @@ bool is_joined_message(std::string_view text)
     std::string error;
     auto o = parse_object(text, error);
     return o && check_type(*o, "joined", error);
+}
+
+std::string serialize(const open_message& m)
+{
+    return json::serialize(json::object{{"type", "open"},
+                                        {"deviceId", m.device_id},
+                                        {"streamName", m.stream_name},
+                                        {"authorization", m.authorization},
+                                        {"connectTimeout", m.connect_timeout},
+                                        {"responseTimeout", m.response_timeout}});
+}
+
+std::optional<open_message> parse_open(std::string_view text, std::string& error)
+{
+    auto o = parse_object(text, error);
+    if (!o || !check_type(*o, "open", error))
+        return std::nullopt;
+    open_message m;
+    if (!get_string(*o, "deviceId", m.device_id, error) || !get_string(*o, "streamName", m.stream_name, error) ||
+        !get_string(*o, "authorization", m.authorization, error))
+        return std::nullopt;
+    for (auto [key, out] : {std::pair{"connectTimeout", &m.connect_timeout}, {"responseTimeout", &m.response_timeout}}) {
+        auto it = o->find(key);
+        if (it == o->end())
+            continue;
+        if (!it->value().is_int64() || it->value().as_int64() < 1 || it->value().as_int64() > 300) {
+            error = "\"" + std::string(key) + "\" must be a number of seconds from 1 to 300";
+            return std::nullopt;
+        }
+        *out = static_cast<int>(it->value().as_int64());
+    }
+    return m;
+}
+
+std::string message_type(std::string_view text)
+{
+    std::string error, type;
+    auto o = parse_object(text, error);
+    if (o)
+        get_string(*o, "type", type, error);
+    return type;
+}
+
+std::string rejected_message(std::string_view reason)
+{
+    return json::serialize(json::object{{"type", "rejected"}, {"reason", reason}});
+}
+
+std::string open_error_message(const failure& f)
+{
+    return json::serialize(json::object{{"type", "error"}, {"errorCode", f.code}, {"message", f.message}});
+}
+
+std::optional<open_answer> parse_open_answer(std::string_view text)
+{
+    std::string error, type;
+    auto o = parse_object(text, error);
+    if (!o || !get_string(*o, "type", type, error))
+        return std::nullopt;
+    open_answer a;
+    if (type == "joined") {
+        a.joined = true;
+    } else if (type == "rejected") {
+        a.rejected = true;
+        get_string(*o, "reason", a.reason, error, false);
+        a.reason = truncate_utf8(a.reason, 1024);
+    } else if (type == "error") {
+        auto code = o->find("errorCode");
+        if (code == o->end() || !code->value().is_int64() || code->value().as_int64() < 100000 ||
+            code->value().as_int64() > 999999)
+            return std::nullopt;
+        a.error.code = static_cast<int>(code->value().as_int64());
+        get_string(*o, "message", a.error.message, error, false);
+    } else {
+        return std::nullopt;
+    }
+    return a;
 }
 
 std::string error_body(int code, std::string_view message)

@@ -43,15 +43,46 @@ constexpr std::string_view reuse_header = "x-streamgate-reuse";
 constexpr std::string_view lane_header = "x-streamgate-lane";
 
 // proxy -> relay on a kept connection: {"type":"join","path":"/bridges/...","authorization":"Bearer ..."}
+// A device may answer its stream request in the same message: "accept":"{requestId}".
 struct join_message {
     std::string path;
     std::string authorization;
+    std::string accept_request_id; // empty: no answer in it
 };
 std::string serialize(const join_message& m);
 std::optional<join_message> parse_join(std::string_view text, std::string& error);
 // relay -> proxy once the join holds: {"type":"joined","streamId":".."}
 std::string joined_message(std::string_view stream_id);
 bool is_joined_message(std::string_view text);
+
+// service proxy -> relay on a kept connection: the stream request and the join in one message,
+// {"type":"open","deviceId":..,"streamName":..,"authorization":"SharedAccessSignature ..",
+//  "connectTimeout":S,"responseTimeout":S}; the relay answers "joined" (accepted, and this
+// connection is the service side), or one of the two below and keeps the connection.
+struct open_message {
+    std::string device_id;
+    std::string stream_name;
+    std::string authorization;
+    int connect_timeout = 60;
+    int response_timeout = 60;
+};
+std::string serialize(const open_message& m);
+std::optional<open_message> parse_open(std::string_view text, std::string& error);
+// The type of a message on a kept connection ("join", "open", ...); empty when it has none.
+std::string message_type(std::string_view text);
+
+// relay -> proxy: {"type":"rejected","reason":".."} (the device said no) or
+// {"type":"error","errorCode":N,"message":".."} (what the POST would have answered).
+std::string rejected_message(std::string_view reason);
+std::string open_error_message(const failure& f);
+struct open_answer {
+    bool joined = false;
+    bool rejected = false;
+    std::string reason; // rejected: the device's reason
+    failure error;      // neither: what failed
+};
+// nullopt when the text is none of the three.
+std::optional<open_answer> parse_open_answer(std::string_view text);
 
 // {"errorCode":N,"message":"..."}
 std::string error_body(int code, std::string_view message);

@@ -27,6 +27,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <utility>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -199,11 +200,16 @@ public:
     asio::any_io_executor executor() const { return socket_->get_executor(); }
 
     // While data streams, reads straight into the full chunk (one system call). Otherwise gives
-    // the chunk back, waits for readability without a buffer, then reads what is there: into the
-    // small part when it fits, else into the full chunk.
+    // the chunk back, waits for readability without a buffer, then reads into the small part;
+    // when that comes back full there is more, read on into the full chunk (two system calls for
+    // a burst, one for a keystroke, none spent asking how much is there).
     asio::awaitable<std::tuple<error_code, std::size_t>> read(read_buffer& buffer)
     {
         error_code ec;
+        if (deferred_error_) {
+            ec = std::exchange(deferred_error_, {});
+            co_return std::tuple{ec, std::size_t{0}};
+        }
         if (buffer.holds_full()) {
             std::size_t n = socket_->read_some(buffer.full(), ec);
             if (!would_block(ec))
@@ -213,18 +219,20 @@ public:
         for (;;) {
             auto waited = co_await socket_->async_wait(tcp::socket::wait_read, use_nothrow);
             ec = std::get<0>(waited);
-            std::size_t available = ec ? 0 : socket_->available(ec);
             if (ec)
                 co_return std::tuple{ec, std::size_t{0}};
-            std::size_t n = 0;
-            if (available <= read_buffer::small_size) {
-                buffer.use_small();
-                n = socket_->read_some(buffer.small(), ec);
-            } else {
-                n = socket_->read_some(buffer.full(), ec);
-            }
-            if (!would_block(ec))
+            buffer.use_small();
+            std::size_t n = socket_->read_some(buffer.small(), ec);
+            if (would_block(ec))
+                continue;
+            if (ec || n < read_buffer::small_size)
                 co_return std::tuple{ec, n};
+            error_code more_ec;
+            n += socket_->read_some(buffer.full(n) + n, more_ec);
+            // What the first read got is delivered now; an error of the second on the next read.
+            if (more_ec && !would_block(more_ec))
+                deferred_error_ = more_ec;
+            co_return std::tuple{error_code{}, n};
         }
     }
     asio::awaitable<error_code> write(asio::const_buffer data)
@@ -267,6 +275,7 @@ private:
         return ec == asio::error::would_block || ec == asio::error::try_again;
     }
     std::shared_ptr<tcp::socket> socket_;
+    error_code deferred_error_; // of this copy's reads (each direction reads its own copy)
 };
 
 // A TLS connection carrying bytes as they come (the relay forwarding a WebSocket, still in its

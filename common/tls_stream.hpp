@@ -128,7 +128,7 @@ public:
 private:
     enum class shutdown_mode { await_peer, then_close, send_only };
     struct write_buffers {
-        std::array<boost::asio::const_buffer, 8> buffers;
+        std::array<boost::asio::const_buffer, 32> buffers; // an HTTP message's fields and body in one record
         std::size_t count = 0;
     };
     using io_handler = boost::asio::any_completion_handler<void(boost::system::error_code, std::size_t)>;

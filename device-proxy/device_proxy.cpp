@@ -139,10 +139,8 @@ asio::awaitable<void> serve_stream(std::shared_ptr<proxy_state> state, std::shar
         co_return;
     }
     socket->set_option(tcp::no_delay(true));
-    conn->accept(req);
     state->metrics.streams_accepted++;
-
-    auto joined = co_await client::connect_stream(*state->tls, req.url, req.authorization_token, req.lane);
+    auto joined = co_await client::accept_stream(*state->tls, *conn, req);
     auto& f = std::get<0>(joined);
     auto& ws = std::get<1>(joined);
     if (f) {

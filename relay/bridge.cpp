@@ -2,6 +2,7 @@
 // are there, the byte pump carries binary messages between them until one side ends.
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/json.hpp>
 #include "common/crypto.hpp"
 #include "common/pump.hpp"
 #include "relay/cluster.hpp"
@@ -209,67 +210,177 @@ asio::awaitable<void> refuse_join(std::shared_ptr<wss_stream> ws, int code, std:
     co_await ws->async_close(reason, use_nothrow);
 }
 
+// Sends one text message on a kept connection (it carries binary messages otherwise).
+asio::awaitable<error_code> send_text(wss_stream& ws, const std::string& text)
+{
+    ws.text(true);
+    auto sent = co_await ws.async_write(asio::buffer(text), use_nothrow);
+    ws.binary(true);
+    co_return std::get<0>(sent);
+}
+
+// What a join or an open on a kept connection led to.
+struct claimed_side {
+    std::shared_ptr<pending_stream> stream;
+    stream_side side{};
+};
+
+// An "open": the stream request as the POST would make it, on this connection. Accepted, the
+// connection is the stream's service side; otherwise the answer goes back and it stays kept.
+asio::awaitable<std::optional<claimed_side>> serve_open(std::shared_ptr<relay_state> state, std::shared_ptr<wss_stream> ws,
+                                                        const protocol::open_message& m, const std::string& peer)
+{
+    request_type req{http::verb::post, "/twins/" + url_encode(m.device_id) + "/streams/" + url_encode(m.stream_name), 11};
+    req.set(http::field::authorization, m.authorization);
+    req.set("iothub-streaming-connect-timeout-in-seconds", std::to_string(m.connect_timeout));
+    req.set("iothub-streaming-response-timeout-in-seconds", std::to_string(m.response_timeout));
+    route r = match_route(req.target());
+    http::response<http::string_body> res;
+    if (r.kind == route_kind::create_stream)
+        res = co_await open_stream(state, req, r, peer);
+    else
+        res = error_response(req, codes::bad_request, r.kind == route_kind::invalid ? r.reason : "malformed open");
+    const bool accepted = res.result() == http::status::ok && res["iothub-streaming-is-accepted"] == "True";
+    std::optional<claimed_side> claimed;
+    std::string answer;
+    if (accepted) {
+        std::string url(res["iothub-streaming-url"]);
+        auto path = url.find("/bridges/");
+        route bridge = match_route(path == std::string::npos ? std::string_view{} : std::string_view(url).substr(path));
+        claimed.emplace();
+        asio::any_io_executor home;
+        if (auto f = claim_side(*state, bridge, "Bearer " + std::string(res["iothub-streaming-auth-token"]),
+                                claimed->stream, claimed->side, ws->get_executor(), home)) {
+            claimed.reset(); // taken meanwhile only if the stream already expired
+            answer = protocol::open_error_message(f);
+        } else {
+            answer = protocol::joined_message(claimed->stream->stream_id);
+        }
+    } else if (res.result() == http::status::ok) {
+        boost::json::error_code jec;
+        auto body = boost::json::parse(res.body(), jec);
+        std::string reason;
+        if (!jec && body.is_object())
+            if (auto* text = body.as_object().if_contains("reason"); text && text->is_string())
+                reason = std::string(text->as_string());
+        answer = protocol::rejected_message(reason);
+    } else {
+        answer = protocol::open_error_message(protocol::parse_error_body(res.body(), res.result_int()));
+    }
+    auto ec = co_await send_text(*ws, answer);
+    if (ec && claimed) {
+        // Gone as its stream was accepted: the device's side is not kept waiting for it.
+        std::lock_guard lock(state->streams_mutex);
+        claimed->stream->abandon(failure{codes::device_connection_closed, "the service side left as it joined"});
+        claimed.reset();
+    }
+    co_return claimed; // empty: answered (or gone), the caller waits for the next message
+}
+
 asio::awaitable<void> await_next_join(std::shared_ptr<relay_state> state, std::shared_ptr<wss_stream> ws, std::string peer)
 {
-    // The proxies keep a connection 2 s (client.cpp); the relay waits longer, so a join the proxy
-    // sends at the last moment still finds it open.
-    auto deadline = std::make_shared<asio::steady_timer>(ws->get_executor(), kept_connection_wait);
-    auto answered = std::make_shared<bool>(false); // both on this connection's thread
-    deadline->async_wait([ws, answered](const error_code& ec) {
-        if (!ec && !*answered)
-            ws->async_close(websocket::close_code::going_away, [ws](const error_code&) {});
-    });
-    ws->read_message_max(max_control_message);
-    beast::flat_buffer buffer;
-    auto read = co_await ws->async_read(buffer, use_nothrow);
-    *answered = true;
-    deadline->cancel();
-    auto ec = std::get<0>(read);
-    if (ec) {
-        state->log->debug("peer={} kept stream connection ended: {}", peer, ec.message());
-        co_return;
-    }
-    ws->read_message_max(max_stream_message);
-    std::string text = beast::buffers_to_string(buffer.data());
-    std::string error;
-    auto join = ws->got_text() ? protocol::parse_join(text, error) : std::nullopt;
-    if (!ws->got_text())
-        error = "expected a join message (text)";
-    route r;
-    if (join) {
-        r = match_route(join->path);
-        if (r.kind != route_kind::bridge) {
-            error = "malformed streaming endpoint in join";
-            join.reset();
+    for (;;) {
+        // The proxies keep a connection 2 s (client.cpp); the relay waits longer, so a message the
+        // proxy sends at the last moment still finds it open.
+        auto deadline = std::make_shared<asio::steady_timer>(ws->get_executor(), kept_connection_wait);
+        auto answered = std::make_shared<bool>(false); // both on this connection's thread
+        deadline->async_wait([ws, answered](const error_code& ec) {
+            if (!ec && !*answered)
+                ws->async_close(websocket::close_code::going_away, [ws](const error_code&) {});
+        });
+        ws->read_message_max(max_control_message);
+        beast::flat_buffer buffer;
+        auto read = co_await ws->async_read(buffer, use_nothrow);
+        *answered = true;
+        deadline->cancel();
+        auto ec = std::get<0>(read);
+        if (ec) {
+            state->log->debug("peer={} kept stream connection ended: {}", peer, ec.message());
+            co_return;
         }
-    }
-    if (!join) {
-        state->log->warn("event=BadRequest peer={} endpoint=bridge reason=\"{}\"", peer, error);
-        co_await refuse_join(ws, codes::bad_request, error);
+        ws->read_message_max(max_stream_message);
+        std::string text = beast::buffers_to_string(buffer.data());
+        std::string type = ws->got_text() ? protocol::message_type(text) : std::string();
+        std::string error;
+        std::optional<claimed_side> claimed;
+        if (type == "open") {
+            auto open = protocol::parse_open(text, error);
+            if (open) {
+                claimed = co_await serve_open(state, ws, *open, peer);
+                if (!claimed) {
+                    if (!ws->is_open())
+                        co_return;
+                    continue; // answered: the connection waits for the next message
+                }
+            }
+        } else {
+            auto join = ws->got_text() ? protocol::parse_join(text, error) : std::nullopt;
+            if (!ws->got_text())
+                error = "expected a join or open message (text)";
+            route r;
+            if (join) {
+                r = match_route(join->path);
+                if (r.kind != route_kind::bridge) {
+                    error = "malformed streaming endpoint in join";
+                    join.reset();
+                }
+            }
+            if (join) {
+                claimed.emplace();
+                asio::any_io_executor home;
+                if (auto f = claim_side(*state, r, join->authorization, claimed->stream, claimed->side,
+                                        ws->get_executor(), home)) {
+                    state->log->warn("event=AuthFailed peer={} device={} endpoint=bridge streamId={} code={} "
+                                     "reason=\"{}\"",
+                                     peer, r.device_id, r.stream_id, f.code, f.message);
+                    state->metrics.auth_failed(auth_endpoint::bridge, f);
+                    co_await refuse_join(ws, f.code, f.message);
+                    co_return;
+                }
+                if (!join->accept_request_id.empty()) {
+                    // The device's answer came with its join: to the request's waiter, as if from
+                    // its control connection. Too late, the stream is already given up.
+                    std::shared_ptr<control_channel> channel;
+                    bool answers_this = false;
+                    {
+                        std::lock_guard lock(state->streams_mutex);
+                        channel = claimed->stream->channel.lock();
+                        answers_this = claimed->side == stream_side::device &&
+                                       claimed->stream->request_id == join->accept_request_id;
+                    }
+                    if (!answers_this) {
+                        const std::string why = "\"accept\" names another request, or comes from the service side";
+                        state->log->warn("event=BadRequest peer={} endpoint=bridge reason=\"{}\"", peer, why);
+                        {
+                            std::lock_guard lock(state->streams_mutex);
+                            claimed->stream->abandon(failure{codes::bad_request, why});
+                        }
+                        co_await refuse_join(ws, codes::bad_request, why);
+                        co_return;
+                    }
+                    if (channel)
+                        channel->accept_by_join(join->accept_request_id);
+                }
+                const std::string joined = protocol::joined_message(r.stream_id);
+                auto sent = co_await send_text(*ws, joined);
+                if (sent) {
+                    // Gone between its join and the answer: the stream waits for a side that will not come.
+                    std::lock_guard lock(state->streams_mutex);
+                    claimed->stream->abandon(failure{codes::gateway_timeout,
+                                                     std::string(side_name(claimed->side)) + " side left as it joined"});
+                    co_return;
+                }
+            }
+        }
+        if (!claimed) {
+            state->log->warn("event=BadRequest peer={} endpoint=bridge reason=\"{}\"", peer, error);
+            co_await refuse_join(ws, codes::bad_request, error);
+            co_return;
+        }
+        joined_side me{ws, true, std::move(peer), true};
+        co_await pair_side(state, me, std::move(claimed->stream), claimed->side);
         co_return;
     }
-    std::shared_ptr<pending_stream> s;
-    stream_side side{};
-    asio::any_io_executor home;
-    if (auto f = claim_side(*state, r, join->authorization, s, side, ws->get_executor(), home)) {
-        state->log->warn("event=AuthFailed peer={} device={} endpoint=bridge streamId={} code={} reason=\"{}\"", peer,
-                         r.device_id, r.stream_id, f.code, f.message);
-        state->metrics.auth_failed(auth_endpoint::bridge, f);
-        co_await refuse_join(ws, f.code, f.message);
-        co_return;
-    }
-    const std::string joined = protocol::joined_message(r.stream_id);
-    ws->text(true);
-    auto confirmed = co_await ws->async_write(asio::buffer(joined), use_nothrow);
-    ws->binary(true);
-    if (std::get<0>(confirmed)) {
-        // Gone between its join and the answer: the stream waits for a side that will not come.
-        std::lock_guard lock(state->streams_mutex);
-        s->abandon(failure{codes::gateway_timeout, std::string(side_name(side)) + " side left as it joined"});
-        co_return;
-    }
-    joined_side me{ws, true, std::move(peer), true};
-    co_await pair_side(state, me, std::move(s), side);
 }
 
 asio::awaitable<void> pair_side(std::shared_ptr<relay_state> state, const joined_side& me,

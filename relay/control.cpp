@@ -465,6 +465,11 @@ asio::awaitable<http::response<http::string_body>> offer_stream(std::shared_ptr<
     protocol::stream_request_message m{to_lower(hex_upper(random_bytes(8))), r.stream_name, pending->stream_id, url,
                                        pending->device_token, pending->lane};
     waiter->timer->expires_after(response_timeout);
+    {
+        std::lock_guard lock(state->streams_mutex);
+        pending->channel = channel;
+        pending->request_id = m.request_id;
+    }
     channel->send_request(m, waiter);
     bool answered = false;
     {

@@ -62,6 +62,12 @@ public:
     // The connection is over (or never opened): requests still waiting get "device went away".
     void end();
     bool ended();
+    // The device answered "accept" in its join on a kept connection (bridge.cpp); false when
+    // nothing waits for that answer any more.
+    bool accept_by_join(const std::string& request_id)
+    {
+        return deliver(protocol::stream_response_message{request_id, true, {}});
+    }
 
 protected:
     // Puts the request on the wire (queued behind what is being written).
@@ -111,6 +117,9 @@ struct pending_stream {
     // the stream share one thread; a kept connection cannot move, and proxies pick one of this lane.
     asio::any_io_executor home;
     int lane = -1;
+    // The request the device answers, which it may do in its join (accept_by_join).
+    std::weak_ptr<control_channel> channel;
+    std::string request_id;
     std::shared_ptr<stream_slot> slot; // the stream's place under the limits, released with it
     // Why the stream can no longer pair, once it cannot (the device left before joining, or its
     // request was rejected, timed out or lost after one side joined early): the waiting side is

@@ -78,18 +78,15 @@ asio::awaitable<std::pair<failure, std::shared_ptr<wss_stream>>> open_stream(std
 {
     client::stream_request request{state->opts.device_id, state->opts.stream_name, state->opts.connect_timeout,
                                    state->opts.response_timeout};
-    auto created = co_await client::create_stream(*state->tls, state->opts.service, request);
-    auto& f = std::get<0>(created);
-    auto& response = std::get<1>(created);
-    if (f)
-        co_return std::pair{f, nullptr};
-    state->log->info("Stream response received: Name={} IsAccepted={}", response.stream_name,
-                     response.accepted ? "True" : "False");
-    if (!response.accepted)
-        co_return std::pair{failure{0, "device " + state->opts.device_id + " rejected the stream: " + response.reason},
+    auto opened = co_await client::open_stream(*state->tls, state->opts.service, request);
+    if (opened.error)
+        co_return std::pair{opened.error, nullptr};
+    state->log->info("Stream response received: Name={} IsAccepted={}", opened.response.stream_name,
+                     opened.response.accepted ? "True" : "False");
+    if (!opened.response.accepted)
+        co_return std::pair{failure{0, "device " + state->opts.device_id + " rejected the stream: " + opened.response.reason},
                             nullptr};
-    auto joined = co_await client::connect_stream(*state->tls, response);
-    co_return joined;
+    co_return std::pair{failure{}, opened.ws};
 }
 
 asio::awaitable<void> serve_local(std::shared_ptr<proxy_state> state, std::shared_ptr<tcp::socket> local)

@@ -393,3 +393,98 @@ TEST_CASE("errors: on a stream connection kept for the next stream, a good join 
     CHECK(contains(log, "serviceJoin=new deviceJoin=kept"));
     CHECK(contains(log, "endpoint=bridge"));
 }
+
+TEST_CASE("errors: an open on a kept connection: an accepted one joins it (the device accepting in its join), "
+          "a rejection, a bad signature or an unknown device is answered on it, and it stays kept",
+          "[integration][errors][kept]") {
+    relay_fixture relay;
+    const auto [device, service] = register_scripted_device(relay, "opener");
+    const std::string keep = "x-streamgate-reuse: 1";
+    const std::string sas = service.substr(std::string("Authorization: ").size());
+    auto open = [&](const std::string& label, const std::string& device_id, const std::string& authorization) {
+        return step({{"op", "ws_send"}, {"label", label}, {"conn", "sj"}, {"type", "text"},
+                     {"data", R"({"type":"open","deviceId":")" + device_id +
+                                  R"(","streamName":"s","authorization":")" + authorization +
+                                  R"(","connectTimeout":5,"responseTimeout":5})"}});
+    };
+    auto send = [&](const std::string& conn, const std::string& label, const std::string& data,
+                    const std::string& type = "binary") {
+        return step({{"op", "ws_send"}, {"label", label}, {"conn", conn}, {"type", type}, {"data", data}});
+    };
+    auto recv = [&](const std::string& conn, const std::string& label) {
+        return step({{"op", "ws_recv"}, {"label", label}, {"conn", conn}, {"timeout", 10}});
+    };
+    auto end_both_ways = [&](const std::string& n) {
+        return std::vector<std::string>{send("sj", "s-eof" + n, ""), recv("dj", "d-eof" + n), send("dj", "d-eof-sent" + n, ""),
+                                        recv("sj", "s-eof-got" + n)};
+    };
+    std::vector<std::string> steps = {
+        step({{"op", "connect"}, {"conn", "dev"}}),
+        step({{"op", "upgrade"}, {"label", "control"}, {"conn", "dev"}, {"path", "/devices/opener/streams"},
+              {"headers", std::vector<std::string>{device}}}),
+        wait_connected_step(relay, "opener"),
+        // Stream 1 the usual way, on connections both asking to be kept.
+        step({{"op", "connect"}, {"conn", "svc"}}),
+        step({{"op", "request"}, {"label", "post1"}, {"conn", "svc"}, {"method", "POST"}, {"path", "/twins/opener/streams/s"},
+              {"headers", std::vector<std::string>{service}}, {"read", false}}),
+        recv("dev", "request1"),
+        step({{"op", "connect"}, {"conn", "dj"}}),
+        step({{"op", "upgrade"}, {"label", "dj-upgrade"}, {"conn", "dj"}, {"path", "${request1.url.path}"},
+              {"headers", std::vector<std::string>{"Authorization: Bearer ${request1.j.authorizationToken}", keep}}}),
+        send("dev", "answer1", R"({"type":"streamResponse","requestId":"${request1.j.requestId}","accepted":true})", "text"),
+        step({{"op", "read_response"}, {"label", "post1"}, {"conn", "svc"}}),
+        step({{"op", "connect"}, {"conn", "sj"}}),
+        step({{"op", "upgrade"}, {"label", "sj-upgrade"}, {"conn", "sj"}, {"path", "${post1.url.path}"},
+              {"headers", std::vector<std::string>{"Authorization: Bearer ${post1.h.iothub-streaming-auth-token}", keep}}}),
+    };
+    for (auto& s : end_both_ways("1")) steps.push_back(s);
+    for (auto& s : std::vector<std::string>{
+             // Stream 2: an open, which the device accepts in its join.
+             open("open2", "opener", sas),
+             recv("dev", "request2"),
+             send("dj", "dj-join2",
+                  R"({"type":"join","path":"${request2.url.path}","authorization":"Bearer ${request2.j.authorizationToken}","accept":"${request2.j.requestId}"})",
+                  "text"),
+             recv("dj", "dj-joined2"),
+             recv("sj", "opened2"),
+             send("sj", "s2-data", "two"), recv("dj", "d2-data"),
+         })
+        steps.push_back(s);
+    for (auto& s : end_both_ways("2")) steps.push_back(s);
+    for (auto& s : std::vector<std::string>{
+             // Answers that leave the connection kept.
+             open("open3", "opener", sas),
+             recv("dev", "request3"),
+             send("dev", "answer3",
+                  R"({"type":"streamResponse","requestId":"${request3.j.requestId}","accepted":false,"reason":"not now"})",
+                  "text"),
+             recv("sj", "rejected3"),
+             open("open4", "opener", "SharedAccessSignature sr=x&sig=eA%3D%3D&se=1&skn=service"),
+             recv("sj", "error4"),
+             open("open5", "ghost", sas),
+             recv("sj", "error5"),
+             send("sj", "open6-garbage", R"({"type":"open","deviceId":7})", "text"),
+             recv("sj", "refused6"),
+         })
+        steps.push_back(s);
+    wire_result w = wire_script(relay, steps, 60s);
+    INFO(w.describe());
+    CHECK(w.at("sj-upgrade").status() == 101);
+    CHECK(w.at("s-eof-got1").get("size") == "0");
+    CHECK(w.at("dj-joined2").get("j.type") == "joined");
+    CHECK(w.at("opened2").get("j.type") == "joined");
+    CHECK(w.at("d2-data").get("data_hex") == "74776f");
+    CHECK(w.at("s-eof-got2").get("size") == "0");
+    CHECK(w.at("rejected3").get("j.type") == "rejected");
+    CHECK(w.at("rejected3").get("j.reason") == "not now");
+    CHECK(w.at("error4").get("j.type") == "error");
+    CHECK(w.at("error4").get("j.errorCode") == "401003");
+    CHECK(w.at("error5").get("j.type") == "error");
+    CHECK(w.at("error5").get("j.errorCode") == "404001");
+    CHECK(w.at("refused6").event() == "close");
+    CHECK(w.at("refused6").get("code") == "1002");
+    CHECK(contains(w.at("refused6").get("reason"), "400000"));
+    const std::string log = relay.relay().stderr_text();
+    CHECK(contains(log, "serviceJoin=kept deviceJoin=kept"));
+    CHECK(count_of(log, "event=StreamAccepted") == 2);
+}
