@@ -168,6 +168,19 @@ def control_messages():
         '{"type":"streamResponse","requestId":"r","accepted":true} trailing',
         '{"type":"streamResponse","requestId":"r","accepted":true,}',
         b'{"type":"streamResponse","requestId":"r\xff","accepted":true}',
+        # kept connections: joins, opens and the relay's answers to an open
+        '{"type":"join","path":"/bridges/hub/dev1/AbC-_9","authorization":"Bearer tok_en-1"}',
+        '{"type":"join","path":"/bridges/hub/dev1/AbC-_9","authorization":"Bearer t","accept":"r-1"}',
+        '{"type":"join","path":"/bridges/hub/dev1/AbC-_9","authorization":"Bearer t","accept":7}',
+        '{"type":"join","path":1}',
+        '{"type":"open","deviceId":"dev1","streamName":"ssh","authorization":"SharedAccessSignature sr=a&sig=b&se=1",'
+        '"connectTimeout":5,"responseTimeout":300}',
+        '{"type":"open","deviceId":"dev1","streamName":"ssh","authorization":"x","connectTimeout":0}',
+        '{"type":"open","deviceId":"dev1","streamName":"ssh","authorization":"x","responseTimeout":1e3}',
+        '{"type":"open","deviceId":7}',
+        '{"type":"joined","streamId":"AbC-_9"}', '{"type":"rejected","reason":"' + "\u00e9" * 600 + '"}',
+        '{"type":"error","errorCode":404103,"message":"device dev1 is not online"}',
+        '{"type":"error","errorCode":4041030}', '{"type":"error"}',
         # error bodies
         '{"errorCode":404103,"message":"device dev1 is not online"}',
         '{"errorCode":-1,"message":"x"}',
