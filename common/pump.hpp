@@ -200,9 +200,10 @@ public:
     asio::any_io_executor executor() const { return socket_->get_executor(); }
 
     // While data streams, reads straight into the full chunk (one system call). Otherwise gives
-    // the chunk back, waits for readability without a buffer, then reads into the small part;
-    // when that comes back full there is more, read on into the full chunk (two system calls for
-    // a burst, one for a keystroke, none spent asking how much is there).
+    // the chunk back and reads into the small part, waiting there (the reactor's read: no
+    // re-arming of the descriptor per wait, as an async_wait costs); when that comes back full
+    // there is more, read on into the full chunk (two system calls for a burst, one for a
+    // keystroke, none spent asking how much is there).
     asio::awaitable<std::tuple<error_code, std::size_t>> read(read_buffer& buffer)
     {
         error_code ec;
@@ -216,24 +217,18 @@ public:
                 co_return std::tuple{ec, n};
             buffer.release();
         }
-        for (;;) {
-            auto waited = co_await socket_->async_wait(tcp::socket::wait_read, use_nothrow);
-            ec = std::get<0>(waited);
-            if (ec)
-                co_return std::tuple{ec, std::size_t{0}};
-            buffer.use_small();
-            std::size_t n = socket_->read_some(buffer.small(), ec);
-            if (would_block(ec))
-                continue;
-            if (ec || n < read_buffer::small_size)
-                co_return std::tuple{ec, n};
-            error_code more_ec;
-            n += socket_->read_some(buffer.full(n) + n, more_ec);
-            // What the first read got is delivered now; an error of the second on the next read.
-            if (more_ec && !would_block(more_ec))
-                deferred_error_ = more_ec;
-            co_return std::tuple{error_code{}, n};
-        }
+        buffer.use_small();
+        auto got = co_await socket_->async_read_some(buffer.small(), use_nothrow);
+        ec = std::get<0>(got);
+        std::size_t n = std::get<1>(got);
+        if (ec || n < read_buffer::small_size)
+            co_return std::tuple{ec, n};
+        error_code more_ec;
+        n += socket_->read_some(buffer.full(n) + n, more_ec);
+        // What the first read got is delivered now; an error of the second on the next read.
+        if (more_ec && !would_block(more_ec))
+            deferred_error_ = more_ec;
+        co_return std::tuple{error_code{}, n};
     }
     asio::awaitable<error_code> write(asio::const_buffer data)
     {

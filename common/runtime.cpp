@@ -6,6 +6,7 @@
 #include <vector>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <boost/asio/strand.hpp>
 #include <boost/asio/steady_timer.hpp>
 
 namespace sg {
@@ -14,6 +15,13 @@ namespace asio = boost::asio;
 unsigned thread_count(unsigned requested)
 {
     return requested ? requested : std::max(1u, std::thread::hardware_concurrency());
+}
+
+boost::asio::any_io_executor connection_executor(boost::asio::io_context& ioc, unsigned threads)
+{
+    if (threads <= 1)
+        return ioc.get_executor();
+    return boost::asio::make_strand(ioc);
 }
 
 namespace {

@@ -7,12 +7,19 @@
 #include <functional>
 #include <memory>
 #include <vector>
+#include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/io_context.hpp>
 #include <spdlog/logger.h>
 
 namespace sg {
 
 unsigned thread_count(unsigned requested); // 0 = one per core
+
+// Where a proxy runs a new connection: a strand of ioc when `threads` run it, the io_context
+// itself on one thread (a strand would order nothing more there, and every connection then has
+// the same executor, so a stream pumped between its new local socket and a relay connection kept
+// from an earlier stream hands no message from one executor to another).
+boost::asio::any_io_executor connection_executor(boost::asio::io_context& ioc, unsigned threads);
 
 struct graceful_stop {
     std::function<void(int signal)> begin;      // stop accepting, close control connections

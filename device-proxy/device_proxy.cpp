@@ -76,6 +76,7 @@ struct proxy_state {
     std::shared_ptr<spdlog::logger> log;
     std::shared_ptr<asio::ssl::context> tls;
     asio::io_context* ioc = nullptr;
+    unsigned threads = 1;
     pump_counters traffic; // a_to_b: target -> service, b_to_a: service -> target
     proxy_metrics metrics;
     std::atomic<bool> stopping{false};
@@ -206,7 +207,8 @@ asio::awaitable<void> control_loop(std::shared_ptr<proxy_state> state)
             auto connected_at = std::chrono::steady_clock::now();
             std::function<void(client::incoming_stream_request)> on_request = [state, conn](client::incoming_stream_request req) {
                 state->log->info("stream request: stream={} streamId={}", req.stream_name, req.stream_id);
-                asio::co_spawn(asio::make_strand(*state->ioc), serve_stream(state, conn, std::move(req)), asio::detached);
+                asio::co_spawn(connection_executor(*state->ioc, state->threads), serve_stream(state, conn, std::move(req)),
+                               asio::detached);
             };
             auto lost = co_await conn->run(on_request);
             state->metrics.control_connected = false;
@@ -317,6 +319,7 @@ int run(const options& o)
     if (o.cert && o.key)
         use_client_certificate(*state->tls, *o.cert, *o.key);
     state->ioc = &ioc;
+    state->threads = threads;
 
     asio::co_spawn(asio::make_strand(ioc), control_loop(state), asio::detached);
     if (o.stats_interval.count() > 0)

@@ -23,6 +23,7 @@ struct proxy_state {
     std::shared_ptr<spdlog::logger> log;
     std::shared_ptr<asio::ssl::context> tls;
     asio::io_context* ioc = nullptr;
+    unsigned threads = 1;
     int exit_code = 0;
     std::atomic<std::size_t> active_streams{0};
 };
@@ -115,7 +116,7 @@ asio::awaitable<void> serve_local(std::shared_ptr<proxy_state> state, std::share
 asio::awaitable<void> accept_loop(std::shared_ptr<proxy_state> state, std::shared_ptr<tcp::acceptor> acceptor)
 {
     for (;;) {
-        auto accepted = co_await acceptor->async_accept(asio::make_strand(*state->ioc), use_nothrow);
+        auto accepted = co_await acceptor->async_accept(connection_executor(*state->ioc, state->threads), use_nothrow);
         auto& ec = std::get<0>(accepted);
         auto& socket = std::get<1>(accepted);
         if (ec == asio::error::operation_aborted)
@@ -164,6 +165,7 @@ int run(const options& o)
     state->log = make_logger("service-proxy", o.verbose);
     state->tls = std::make_shared<asio::ssl::context>(make_client_tls_context(o.ca_file));
     state->ioc = &ioc;
+    state->threads = threads;
 
     if (auto proxy = client::current_proxy_settings().for_host(o.service.host()))
         state->log->info("reaching relay {} through HTTP proxy {}", o.service.host_name, proxy->display());
