@@ -504,40 +504,68 @@ join_stream(const std::shared_ptr<tls_stream>& stream, const spare_key& key, con
     co_return std::pair{failure{}, ws};
 }
 
-// Joins on a WebSocket the relay kept from an earlier stream: one message there, one back. The
-// second of the pair says whether a new connection may still try (the kept one had gone);
-// false with a failure when the relay refused the join itself.
+// One text message on a WebSocket the relay kept from an earlier stream, and the relay's answer.
+struct kept_answer {
+    bool gone = false; // the connection had gone before an answer: a new connection may still try
+    failure refused;   // the relay closed it with a code: the message itself was refused
+    bool text = false;
+    std::string data;
+};
+
+// wait: how long the answer may take (the relay answers no pings meanwhile); zero for the usual.
+asio::awaitable<kept_answer> ask_on_kept(wss_stream& ws, const std::string& message, std::chrono::seconds wait)
+{
+    kept_answer answer;
+    ws.text(true);
+    auto written = co_await ws.async_write(asio::buffer(message), use_nothrow);
+    ws.binary(true);
+    if (std::get<0>(written)) {
+        answer.gone = true;
+        co_return answer;
+    }
+    websocket::stream_base::timeout usual{};
+    ws.get_option(usual);
+    if (wait.count() > 0) {
+        websocket::stream_base::timeout waiting = usual;
+        waiting.idle_timeout = wait;
+        waiting.keep_alive_pings = false;
+        ws.set_option(waiting);
+    }
+    beast::flat_buffer buffer;
+    auto read = co_await ws.async_read(buffer, use_nothrow);
+    ws.set_option(usual);
+    auto ec = std::get<0>(read);
+    auto code = ws.reason().code;
+    if (ec == websocket::error::closed &&
+        (code == websocket::close_code::policy_error || code == websocket::close_code::protocol_error))
+        answer.refused = protocol::parse_close_reason(std::string(ws.reason().reason.data(), ws.reason().reason.size()));
+    else if (ec)
+        answer.gone = true;
+    answer.text = ws.got_text();
+    answer.data = beast::buffers_to_string(buffer.data());
+    co_return answer;
+}
+
+// Joins on a kept WebSocket: one message there, one back. The second of the pair says whether a
+// new connection may still try (the kept one had gone); false with a failure when the relay
+// refused the join itself.
 asio::awaitable<std::pair<failure, bool>> join_kept(wss_stream& ws, const wss_url& where, const std::string& token,
                                                     const std::string& accept_request_id = {})
 {
     const std::string join =
         protocol::serialize(protocol::join_message{where.target, "Bearer " + token, accept_request_id});
-    ws.text(true);
-    auto written = co_await ws.async_write(asio::buffer(join), use_nothrow);
-    ws.binary(true);
-    if (std::get<0>(written))
+    kept_answer answer = co_await ask_on_kept(ws, join, std::chrono::seconds(0));
+    if (answer.gone)
         co_return std::pair{failure{}, true};
-    beast::flat_buffer buffer;
-    auto read = co_await ws.async_read(buffer, use_nothrow);
-    auto ec = std::get<0>(read);
-    if (ec == websocket::error::closed) {
-        auto code = ws.reason().code;
-        if (code == websocket::close_code::policy_error || code == websocket::close_code::protocol_error)
-            co_return std::pair{protocol::parse_close_reason(std::string(ws.reason().reason.data(), ws.reason().reason.size())), false};
-    }
-    if (ec)
-        co_return std::pair{failure{}, true};
-    if (!ws.got_text() || !protocol::is_joined_message(beast::buffers_to_string(buffer.data())))
+    if (answer.refused)
+        co_return std::pair{answer.refused, false};
+    if (!answer.text || !protocol::is_joined_message(answer.data))
         co_return std::pair{local_failure("the relay answered a join with something else than \"joined\""), false};
     co_return std::pair{failure{}, false};
 }
 
-} // namespace
-
-namespace {
-
-// The "open" on a kept connection. The second of the pair says whether the caller may still
-// make the stream with a POST (the kept connection had gone before an answer).
+// The "open" on a kept WebSocket. The second of the pair says whether the caller may still make
+// the stream with a POST (the kept connection had gone before an answer).
 asio::awaitable<std::pair<opened_stream, bool>> open_on_kept(wss_stream& ws, const connection_string& service,
                                                                const stream_request& request)
 {
@@ -547,41 +575,21 @@ asio::awaitable<std::pair<opened_stream, bool>> open_on_kept(wss_stream& ws, con
                              static_cast<int>(request.connect_timeout.count()),
                              static_cast<int>(request.response_timeout.count())};
     const std::string text = protocol::serialize(m);
-    ws.text(true);
-    auto written = co_await ws.async_write(asio::buffer(text), use_nothrow);
-    ws.binary(true);
-    if (std::get<0>(written))
+    // The answer comes when the device's does, which may take the whole response timeout.
+    kept_answer answer = co_await ask_on_kept(ws, text, request.response_timeout + std::chrono::seconds(10));
+    if (answer.gone)
         co_return std::pair{out, true};
-    // The answer comes when the device's does, which may take the whole response timeout: no
-    // pings meanwhile (the relay reads none while it waits), one deadline instead.
-    websocket::stream_base::timeout usual{};
-    ws.get_option(usual);
-    websocket::stream_base::timeout waiting = usual;
-    waiting.idle_timeout = request.response_timeout + std::chrono::seconds(10);
-    waiting.keep_alive_pings = false;
-    ws.set_option(waiting);
-    beast::flat_buffer buffer;
-    auto read = co_await ws.async_read(buffer, use_nothrow);
-    ws.set_option(usual);
-    auto ec = std::get<0>(read);
-    if (ec == websocket::error::closed) {
-        auto code = ws.reason().code;
-        if (code == websocket::close_code::policy_error || code == websocket::close_code::protocol_error) {
-            out.error = protocol::parse_close_reason(std::string(ws.reason().reason.data(), ws.reason().reason.size()));
-            co_return std::pair{out, false};
-        }
-    }
-    if (ec)
-        co_return std::pair{out, true};
-    auto answer = ws.got_text() ? protocol::parse_open_answer(beast::buffers_to_string(buffer.data())) : std::nullopt;
-    if (!answer)
+    auto parsed = answer.text ? protocol::parse_open_answer(answer.data) : std::nullopt;
+    if (answer.refused)
+        out.error = answer.refused;
+    else if (!parsed)
         out.error = local_failure("the relay answered an open with something else than joined, rejected or error");
-    else if (answer->joined)
+    else if (parsed->joined)
         out.response.accepted = true;
-    else if (answer->rejected)
-        out.response.reason = answer->reason;
+    else if (parsed->rejected)
+        out.response.reason = parsed->reason;
     else
-        out.error = answer->error;
+        out.error = parsed->error;
     co_return std::pair{out, false};
 }
 
