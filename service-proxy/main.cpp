@@ -42,8 +42,9 @@ int main(int argc, char** argv)
         ->capture_default_str();
     bool warm_connections = true;
     app.add_option("--warm-connections", warm_connections,
-                   "After a stream, open the next stream's connection to the relay ahead (TLS handshake done) and keep "
-                   "it 2 s, so streams in a burst start sooner; false: connect only when a stream comes (metered links)")
+                   "Keep a stream's connection to the relay 2 s after the stream for the next one (the relay agreeing), "
+                   "and after a stream that needed a new connection open one more ahead, so streams in a burst skip the "
+                   "TCP and TLS handshakes; false: connect only when a stream comes, one connection per stream (metered links)")
         ->capture_default_str();
     app.add_option("--threads", o.threads, "I/O threads (0: one per core). One thread carries several Gbit/s and avoids hand-offs "
                    "between threads, which made two threads cost 50 % more CPU per new stream; more help only "

@@ -288,3 +288,28 @@ TEST_CASE("streams: with two relay threads, 8 clients' streams join on kept conn
     CHECK(count_of(log, " resumed=") < established / 2);
     CHECK(count_of(log, "event=StreamClosed") == count_of(log, "result=ok"));
 }
+
+TEST_CASE("streams: a relay that keeps no stream connection (--keep-stream-connections false) gets a new "
+          "connection for every stream, and the streams work as before",
+          "[integration][streams]") {
+    echo_server target;
+    tunnel_fixture tunnel({.target_port = target.port(),
+                           .relay_args = {"--verbose", "--keep-stream-connections", "false"}});
+    constexpr int streams = 3;
+    for (int i = 0; i < streams; ++i) {
+        const bytes data = random_bytes(32 * 1024 + i);
+        unique_fd conn = connect_tcp(tunnel.local_port);
+        transfer_result r = transfer(conn.get(), data, {.receive_exactly = data.size()});
+        INFO("stream " << i << ": " << r.error);
+        CHECK(r.ok());
+        CHECK(r.received_sha256 == sha256_hex(data));
+        conn.reset();
+        wait_until([&] { return target.connections_open() == 0; }, k_connect_timeout);
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    const std::string log = tunnel.relay.relay().stderr_text();
+    INFO(tail(log, 3000));
+    CHECK(count_of(log, "serviceJoin=new deviceJoin=new") == streams);
+    CHECK(count_of(log, "kept") == 0);
+    CHECK(count_of(log, "result=ok") == streams);
+}
