@@ -564,6 +564,28 @@ asio::awaitable<std::pair<failure, bool>> join_kept(wss_stream& ws, const wss_ur
     co_return std::pair{failure{}, false};
 }
 
+// Joins on a kept WebSocket of the lane, the next one when one had gone (a device's accept, if
+// any, goes with it): nullopt when none is left, to join the usual way.
+asio::awaitable<std::optional<std::pair<failure, std::shared_ptr<wss_stream>>>>
+join_some_kept(const spare_key& key, const wss_url& where, const std::string& token, int lane,
+               const std::string& accept_request_id = {})
+{
+    while (warm_connections) {
+        auto taken = take_held(spares().kept, key, lane);
+        std::shared_ptr<wss_stream> kept = taken.first;
+        if (!kept)
+            break;
+        auto joined = co_await join_kept(*kept, where, token, accept_request_id);
+        if (std::get<1>(joined))
+            continue;
+        if (std::get<0>(joined))
+            co_return std::pair{std::get<0>(joined), std::shared_ptr<wss_stream>{}};
+        remember_keepable(*kept, key, taken.second);
+        co_return std::pair{failure{}, kept};
+    }
+    co_return std::nullopt;
+}
+
 // The "open" on a kept WebSocket. The second of the pair says whether the caller may still make
 // the stream with a POST (the kept connection had gone before an answer).
 asio::awaitable<std::pair<opened_stream, bool>> open_on_kept(wss_stream& ws, const connection_string& service,
@@ -631,24 +653,14 @@ asio::awaitable<std::pair<failure, std::shared_ptr<wss_stream>>>
 accept_stream(ssl::context& tls, device_connection& connection, const incoming_stream_request& request)
 {
     auto parsed = parse_wss_url(request.url);
-    if (parsed && warm_connections) {
+    if (parsed) {
         spare_key key{&tls, parsed->host, parsed->port};
-        for (;;) {
-            auto taken = take_held(spares().kept, key, request.lane);
-            std::shared_ptr<wss_stream> kept = taken.first;
-            if (!kept)
-                break;
-            auto joined = co_await join_kept(*kept, *parsed, request.authorization_token, request.request_id);
-            auto& f = std::get<0>(joined);
-            if (!f && !std::get<1>(joined)) {
-                remember_keepable(*kept, key, taken.second);
-                co_return std::pair{failure{}, kept};
-            }
-            if (f) {
+        auto on_kept =
+            co_await join_some_kept(key, *parsed, request.authorization_token, request.lane, request.request_id);
+        if (on_kept) {
+            if (auto& f = std::get<0>(*on_kept))
                 connection.reject(request, "the relay refused the join: " + f.describe());
-                co_return std::pair{f, nullptr};
-            }
-            // That one had gone (its answer with it): the next kept one, or the usual way.
+            co_return std::move(*on_kept);
         }
     }
     connection.accept(request);
@@ -703,25 +715,11 @@ connect_stream(ssl::context& tls, stream_response& response)
     if (!parsed)
         co_return std::pair{local_failure("the relay answered an invalid streaming URL"), nullptr};
     spare_key key{&tls, parsed->host, parsed->port};
-    while (warm_connections) {
-        auto taken = take_held(spares().kept, key, response.lane);
-        auto& kept = taken.first;
-        if (!kept)
-            break;
-        auto joined = co_await join_kept(*kept, *parsed, response.authorization_token);
-        auto& f = std::get<0>(joined);
-        if (!f && !std::get<1>(joined)) {
-            if (stream) // the POST's connection serves the next request
-                give_back(key, std::move(stream));
-            remember_keepable(*kept, key, taken.second);
-            co_return std::pair{failure{}, kept};
-        }
-        if (f) {
-            if (stream)
-                give_back(key, std::move(stream));
-            co_return std::pair{f, nullptr};
-        }
-        // That one had gone: the next kept one, or a new connection.
+    auto on_kept = co_await join_some_kept(key, *parsed, response.authorization_token, response.lane);
+    if (on_kept) {
+        if (stream) // the POST's connection serves the next request
+            give_back(key, std::move(stream));
+        co_return std::move(*on_kept);
     }
     if (stream) {
         auto joined = co_await join_stream(stream, key, *parsed, response.authorization_token);

@@ -146,12 +146,6 @@ std::string joined_message(std::string_view stream_id)
     return json::serialize(json::object{{"type", "joined"}, {"streamId", stream_id}});
 }
 
-bool is_joined_message(std::string_view text)
-{
-    std::string error;
-    auto o = parse_object(text, error);
-    return o && check_type(*o, "joined", error);
-}
 
 std::string serialize(const open_message& m)
 {
@@ -228,6 +222,12 @@ std::optional<open_answer> parse_open_answer(std::string_view text)
         return std::nullopt;
     }
     return a;
+}
+
+bool is_joined_message(std::string_view text)
+{
+    auto answer = parse_open_answer(text);
+    return answer && answer->joined;
 }
 
 std::string error_body(int code, std::string_view message)

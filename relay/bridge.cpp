@@ -2,7 +2,6 @@
 // are there, the byte pump carries binary messages between them until one side ends.
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
-#include <boost/json.hpp>
 #include "common/crypto.hpp"
 #include "common/pump.hpp"
 #include "relay/cluster.hpp"
@@ -257,13 +256,7 @@ asio::awaitable<std::optional<claimed_side>> serve_open(std::shared_ptr<relay_st
             answer = protocol::joined_message(claimed->stream->stream_id);
         }
     } else if (res.result() == http::status::ok) {
-        boost::json::error_code jec;
-        auto body = boost::json::parse(res.body(), jec);
-        std::string reason;
-        if (!jec && body.is_object())
-            if (auto* text = body.as_object().if_contains("reason"); text && text->is_string())
-                reason = std::string(text->as_string());
-        answer = protocol::rejected_message(reason);
+        answer = protocol::rejected_message(res["iothub-streaming-rejection-reason"]);
     } else {
         answer = protocol::open_error_message(protocol::parse_error_body(res.body(), res.result_int()));
     }
